@@ -1,0 +1,621 @@
+/*
+ * config.c - the configuration key table and everything driven by it:
+ * loading config.ini with inih, validating every value, resolving paths,
+ * printing the effective config (ini and JSON), the config.ini template,
+ * and publishing snapshots with RCU.
+ *
+ * The table is the only place a key is described. Adding a key means adding
+ * one row and one struct field; config.ini is regenerated from the table
+ * (`doved --config-template`) and a test fails if the two drift.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <urcu/urcu-memb.h>
+
+#include "dove.h"
+
+static const char *const log_levels[] = { "error", "warn", "info", "debug",
+					  NULL };
+
+#define F(field) offsetof(server_config, field)
+#define NOLIM 0, 0
+
+static const struct server_config_key keys[] = {
+	{ "server", "data_dir", SERVER_CFG_PATH, 0, NOLIM, NULL, "data",
+	  F(data_dir),
+	  "directory for the WAL, snapshots and run files; created if missing" },
+	{ "server", "pid_file", SERVER_CFG_PATH, 0, NOLIM, NULL,
+	  "data/doved.pid", F(pid_file),
+	  "pid file, locked while doved runs: a second doved on it refuses to "
+	  "start" },
+	{ "server", "log_level", SERVER_CFG_ENUM, SERVER_CFG_LIVE, NOLIM,
+	  log_levels, "info", F(log_level),
+	  "error | warn | info | debug" },
+	{ "server", "log_file", SERVER_CFG_PATH,
+	  SERVER_CFG_LIVE | SERVER_CFG_EMPTY_OK, NOLIM, NULL, "", F(log_file),
+	  "log file (appended; reopened on SIGHUP for logrotate); empty = "
+	  "stderr" },
+
+	{ "admin", "socket", SERVER_CFG_PATH, SERVER_CFG_SOCKPATH, NOLIM, NULL,
+	  "data/admin.sock", F(admin_socket),
+	  "admin UNIX socket (dovectl -s PATH); at most 107 bytes once "
+	  "resolved" },
+	{ "admin", "socket_mode", SERVER_CFG_MODE, 0, 0, 0777, NULL, "0600",
+	  F(admin_socket_mode),
+	  "permissions of the admin socket (octal); 0600 = owner only" },
+	{ "admin", "max_clients", SERVER_CFG_INT, SERVER_CFG_LIVE, 1, 1024,
+	  NULL, "16", F(admin_max_clients),
+	  "admin connections at once; one more is told so and closed" },
+	{ "admin", "max_line", SERVER_CFG_INT, SERVER_CFG_LIVE, 64, 1048576,
+	  NULL, "4096", F(admin_max_line),
+	  "longest admin command in bytes; a longer line closes that client" },
+};
+#undef F
+#undef NOLIM
+
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+_Static_assert(NKEYS <= SERVER_CONFIG_KEYS_MAX, "raise SERVER_CONFIG_KEYS_MAX");
+
+size_t
+server_config_key_count(void)
+{
+	return NKEYS;
+}
+
+const struct server_config_key *
+server_config_key(size_t i)
+{
+	DOVE_ASSERT(i < NKEYS);
+	return &keys[i];
+}
+
+int
+server_config_key_find(const char *section, const char *name)
+{
+	for (size_t i = 0; i < NKEYS; i++)
+		if (strcmp(keys[i].section, section) == 0 &&
+		    strcmp(keys[i].name, name) == 0)
+			return (int)i;
+	return -1;
+}
+
+static bool
+section_known(const char *section)
+{
+	for (size_t i = 0; i < NKEYS; i++)
+		if (strcmp(keys[i].section, section) == 0)
+			return true;
+	return false;
+}
+
+static int64_t *
+field_i64(server_config *cfg, size_t i)
+{
+	return (int64_t *)((char *)cfg + keys[i].offset);
+}
+
+static char **
+field_str(server_config *cfg, size_t i)
+{
+	return (char **)((char *)cfg + keys[i].offset);
+}
+
+static bool
+is_str_type(enum server_config_type t)
+{
+	return t == SERVER_CFG_PATH;
+}
+
+/* ---- parsing one value ----------------------------------------------- */
+
+struct load_ctx {
+	const char *file; /* as given, for messages */
+	char dir[PATH_MAX];
+	server_config *cfg;
+	int lineno;        /* line the reader handed to inih last */
+	int err_line;      /* 0 = no error yet */
+	char *err;
+	size_t errlen;
+	int first_line[NKEYS]; /* where each key was set; 0 = not yet */
+	FILE *f;
+};
+
+/* Describe what key i allows, for error messages. */
+static void
+describe_allowed(size_t i, char *buf, size_t size)
+{
+	const struct server_config_key *k = &keys[i];
+	switch (k->type) {
+	case SERVER_CFG_INT:
+		snprintf(buf, size, "an integer from %" PRId64 " to %" PRId64,
+			 k->min, k->max);
+		break;
+	case SERVER_CFG_MODE:
+		snprintf(buf, size, "an octal mode from %04" PRIo64
+			 " to %04" PRIo64, k->min, k->max);
+		break;
+	case SERVER_CFG_BOOL:
+		snprintf(buf, size, "true or false");
+		break;
+	case SERVER_CFG_ENUM: {
+		size_t n = (size_t)snprintf(buf, size, "one of");
+		for (size_t c = 0; k->choices[c] && n < size; c++)
+			n += (size_t)snprintf(buf + n, size - n, "%s %s",
+					      c ? "," : "", k->choices[c]);
+		break;
+	}
+	case SERVER_CFG_PATH:
+		snprintf(buf, size, "%sa path of at most %zu bytes%s",
+			 (k->flags & SERVER_CFG_EMPTY_OK) ? "empty or " : "",
+			 (k->flags & SERVER_CFG_SOCKPATH)
+				 ? sizeof(((struct sockaddr_un *)0)->sun_path) - 1
+				 : (size_t)PATH_MAX - 1,
+			 (k->flags & SERVER_CFG_SOCKPATH)
+				 ? " (a UNIX socket)"
+				 : "");
+		break;
+	}
+}
+
+static bool
+parse_i64(const char *v, int base, int64_t *out)
+{
+	if (*v == '\0' || *v == '+' || *v == ' ')
+		return false;
+	errno = 0;
+	char *end;
+	long long x = strtoll(v, &end, base);
+	if (errno != 0 || *end != '\0')
+		return false;
+	*out = x;
+	return true;
+}
+
+/*
+ * Parse value v for key i into cfg. dir resolves relative paths. Returns
+ * false when v is not allowed; the caller reports it.
+ */
+static bool
+parse_value(server_config *cfg, size_t i, const char *v, const char *dir)
+{
+	const struct server_config_key *k = &keys[i];
+	int64_t x;
+
+	switch (k->type) {
+	case SERVER_CFG_INT:
+		if (!parse_i64(v, 10, &x) || x < k->min || x > k->max)
+			return false;
+		*field_i64(cfg, i) = x;
+		return true;
+	case SERVER_CFG_MODE:
+		if (v[0] != '0' || !parse_i64(v, 8, &x) || x < k->min ||
+		    x > k->max)
+			return false;
+		*field_i64(cfg, i) = x;
+		return true;
+	case SERVER_CFG_BOOL:
+		if (!strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "on") ||
+		    !strcmp(v, "1"))
+			x = 1;
+		else if (!strcmp(v, "false") || !strcmp(v, "no") ||
+			 !strcmp(v, "off") || !strcmp(v, "0"))
+			x = 0;
+		else
+			return false;
+		*field_i64(cfg, i) = x;
+		return true;
+	case SERVER_CFG_ENUM:
+		for (int64_t c = 0; k->choices[c]; c++) {
+			if (strcmp(k->choices[c], v) == 0) {
+				*field_i64(cfg, i) = c;
+				return true;
+			}
+		}
+		return false;
+	case SERVER_CFG_PATH: {
+		char buf[PATH_MAX];
+		size_t limit = (k->flags & SERVER_CFG_SOCKPATH)
+				       ? sizeof(((struct sockaddr_un *)0)->sun_path)
+				       : sizeof(buf);
+		int n;
+		if (v[0] == '\0') {
+			if (!(k->flags & SERVER_CFG_EMPTY_OK))
+				return false;
+			n = snprintf(buf, sizeof(buf), "%s", "");
+		} else if (v[0] == '/') {
+			n = snprintf(buf, sizeof(buf), "%s", v);
+		} else {
+			n = snprintf(buf, sizeof(buf), "%s/%s", dir, v);
+		}
+		if (n < 0 || (size_t)n >= limit)
+			return false;
+		char *s = strdup(buf);
+		DOVE_ASSERT(s != NULL); /* start-up/reload only; OOM = give up */
+		free(*field_str(cfg, i));
+		*field_str(cfg, i) = s;
+		return true;
+	}
+	}
+	DOVE_ASSERT(!"unreachable: unknown config type");
+	return false;
+}
+
+/* ---- inih callbacks ---------------------------------------------------- */
+
+__attribute__((format(printf, 2, 3))) static void
+load_error(struct load_ctx *c, const char *fmt, ...)
+{
+	if (c->err_line != 0)
+		return; /* keep the first error: later ones may be its echo */
+	c->err_line = c->lineno;
+	int n = snprintf(c->err, c->errlen, "%s:%d: ", c->file, c->lineno);
+	if (n < 0 || (size_t)n >= c->errlen)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(c->err + n, c->errlen - (size_t)n, fmt, ap);
+	va_end(ap);
+}
+
+static void
+list_section_keys(const char *section, char *buf, size_t size)
+{
+	size_t n = 0;
+	buf[0] = '\0';
+	for (size_t i = 0; i < NKEYS && n < size; i++)
+		if (strcmp(keys[i].section, section) == 0)
+			n += (size_t)snprintf(buf + n, size - n, "%s%s",
+					      n ? ", " : "", keys[i].name);
+}
+
+static void
+list_sections(char *buf, size_t size)
+{
+	size_t n = 0;
+	buf[0] = '\0';
+	for (size_t i = 0; i < NKEYS && n < size; i++) {
+		if (i > 0 && strcmp(keys[i].section, keys[i - 1].section) == 0)
+			continue;
+		n += (size_t)snprintf(buf + n, size - n, "%s%s", n ? ", " : "",
+				      keys[i].section);
+	}
+}
+
+static int
+on_pair(void *user, const char *section, const char *name, const char *value)
+{
+	struct load_ctx *c = user;
+	char allowed[256];
+
+	if (section[0] == '\0') {
+		load_error(c, "%s: key outside any [section]", name);
+		return 0;
+	}
+	if (!section_known(section)) {
+		list_sections(allowed, sizeof(allowed));
+		load_error(c, "[%s]: unknown section (known sections: %s)",
+			   section, allowed);
+		return 0;
+	}
+	int i = server_config_key_find(section, name);
+	if (i < 0) {
+		list_section_keys(section, allowed, sizeof(allowed));
+		load_error(c, "[%s] %s: unknown key (keys of [%s]: %s)", section,
+			   name, section, allowed);
+		return 0;
+	}
+	if (c->first_line[i] != 0) {
+		load_error(c, "[%s] %s: set twice (first on line %d)", section,
+			   name, c->first_line[i]);
+		return 0;
+	}
+	c->first_line[i] = c->lineno;
+	if (!parse_value(c->cfg, (size_t)i, value, c->dir)) {
+		describe_allowed((size_t)i, allowed, sizeof(allowed));
+		load_error(c, "[%s] %s = '%s': invalid value, allowed: %s",
+			   section, name, value, allowed);
+		return 0;
+	}
+	return 1;
+}
+
+/*
+ * Hands inih exactly one line per call so that our count matches the line
+ * inih is working on (Debian's inih is built without line numbers in the
+ * handler). A line longer than inih's buffer is an error of ours, never a
+ * silently split line.
+ */
+static char *
+read_line(char *str, int num, void *stream)
+{
+	struct load_ctx *c = stream;
+	FILE *f = c->f;
+
+	if (fgets(str, num, f) == NULL)
+		return NULL;
+	c->lineno++;
+	size_t len = strlen(str);
+	if (len == (size_t)num - 1 && str[len - 1] != '\n' && !feof(f)) {
+		int ch;
+		while ((ch = fgetc(f)) != EOF && ch != '\n')
+			;
+		load_error(c, "line longer than %d bytes", num - 2);
+		str[0] = '\0';
+	}
+	return str;
+}
+
+int
+server_config_load(const char *path, server_config **out, char *err,
+		   size_t errlen)
+{
+	DOVE_ASSERT(path != NULL && out != NULL);
+	DOVE_ASSERT(err != NULL && errlen > 0);
+	int rc;
+
+	struct load_ctx *c = calloc(1, sizeof(*c));
+	server_config *cfg = calloc(1, sizeof(*cfg));
+	DOVE_ASSERT(c != NULL && cfg != NULL);
+	c->file = path;
+	c->cfg = cfg;
+	c->err = err;
+	c->errlen = errlen;
+	err[0] = '\0';
+
+	char abs[PATH_MAX];
+	if (realpath(path, abs) == NULL) {
+		rc = -errno;
+		snprintf(err, errlen, "%s: cannot open config file: %s", path,
+			 dove_strerror(rc));
+		goto out_free;
+	}
+	cfg->path = strdup(abs);
+	DOVE_ASSERT(cfg->path != NULL);
+	snprintf(c->dir, sizeof(c->dir), "%s", abs);
+	*strrchr(c->dir, '/') = '\0'; /* realpath is absolute: has a '/' */
+	if (c->dir[0] == '\0')
+		snprintf(c->dir, sizeof(c->dir), "/");
+
+	for (size_t i = 0; i < NKEYS; i++) {
+		bool ok = parse_value(cfg, i, keys[i].def, c->dir);
+		/* A default the table cannot parse is our bug, not the user's
+		 * -- unless the config lives so deep that a default relative
+		 * path no longer fits, which the file may still override. */
+		DOVE_ASSERT(ok || keys[i].type == SERVER_CFG_PATH);
+	}
+
+	c->f = fopen(abs, "r");
+	if (c->f == NULL) {
+		rc = -errno;
+		snprintf(err, errlen, "%s: cannot open config file: %s", path,
+			 dove_strerror(rc));
+		goto out_free;
+	}
+	int line = ini_parse_stream(read_line, c, on_pair, c);
+	fclose(c->f);
+	if (line < 0) {
+		snprintf(err, errlen, "%s: cannot read config file", path);
+		rc = -EIO;
+		goto out_free;
+	}
+	/* inih reports its own (syntax) error only at the end, as the first
+	 * line it failed on; it wins over ours if it came earlier. */
+	if (line > 0 && (c->err_line == 0 || line < c->err_line)) {
+		c->err_line = 0;
+		c->lineno = line;
+		load_error(c, "syntax error: expected '[section]' or "
+			      "'key = value'");
+	}
+	if (c->err_line != 0) {
+		rc = -DOVE_ECONFIG;
+		goto out_free;
+	}
+	/* Defaults that did not fit (see above) and were not overridden. */
+	for (size_t i = 0; i < NKEYS; i++) {
+		if (keys[i].type == SERVER_CFG_PATH &&
+		    *field_str(cfg, i) == NULL) {
+			snprintf(err, errlen,
+				 "%s: [%s] %s: default '%s' is too long once "
+				 "resolved against %s; set it in the file",
+				 path, keys[i].section, keys[i].name,
+				 keys[i].def, c->dir);
+			rc = -DOVE_ECONFIG;
+			goto out_free;
+		}
+	}
+	cfg->generation = 1;
+	*out = cfg;
+	free(c);
+	return 0;
+
+out_free:
+	server_config_free(cfg);
+	free(c);
+	DOVE_ASSERT(err[0] != '\0');
+	return rc;
+}
+
+void
+server_config_free(server_config *cfg)
+{
+	if (cfg == NULL)
+		return;
+	for (size_t i = 0; i < NKEYS; i++)
+		if (is_str_type(keys[i].type))
+			free(*field_str(cfg, i));
+	free(cfg->path);
+	free(cfg);
+}
+
+static bool
+value_equal(const server_config *a, const server_config *b, size_t i)
+{
+	if (is_str_type(keys[i].type))
+		return strcmp(*field_str((server_config *)a, i),
+			      *field_str((server_config *)b, i)) == 0;
+	return *field_i64((server_config *)a, i) ==
+	       *field_i64((server_config *)b, i);
+}
+
+uint32_t
+server_config_keep_restart_keys(server_config *next,
+				const server_config *running)
+{
+	DOVE_ASSERT(next != NULL && running != NULL);
+	DOVE_ASSERT(next != running);
+	next->restart_required_count = 0;
+	for (size_t i = 0; i < NKEYS; i++) {
+		if ((keys[i].flags & SERVER_CFG_LIVE) ||
+		    value_equal(next, running, i))
+			continue;
+		if (is_str_type(keys[i].type)) {
+			char *s = strdup(*field_str((server_config *)running, i));
+			DOVE_ASSERT(s != NULL);
+			free(*field_str(next, i));
+			*field_str(next, i) = s;
+		} else {
+			*field_i64(next, i) = *field_i64((server_config *)running, i);
+		}
+		next->restart_required[next->restart_required_count++] =
+			(uint16_t)i;
+	}
+	DOVE_ASSERT(next->restart_required_count <= NKEYS);
+	return next->restart_required_count;
+}
+
+/* ---- output ------------------------------------------------------------ */
+
+size_t
+server_config_format(const server_config *cfg, size_t i, char *buf,
+		     size_t size)
+{
+	DOVE_ASSERT(i < NKEYS);
+	server_config *c = (server_config *)cfg;
+	int n = 0;
+	switch (keys[i].type) {
+	case SERVER_CFG_INT:
+		n = snprintf(buf, size, "%" PRId64, *field_i64(c, i));
+		break;
+	case SERVER_CFG_MODE:
+		n = snprintf(buf, size, "%04" PRIo64, *field_i64(c, i));
+		break;
+	case SERVER_CFG_BOOL:
+		n = snprintf(buf, size, "%s", *field_i64(c, i) ? "true" : "false");
+		break;
+	case SERVER_CFG_ENUM:
+		n = snprintf(buf, size, "%s", keys[i].choices[*field_i64(c, i)]);
+		break;
+	case SERVER_CFG_PATH:
+		n = snprintf(buf, size, "%s", *field_str(c, i));
+		break;
+	}
+	DOVE_ASSERT(n >= 0);
+	return (size_t)n < size ? (size_t)n : size - 1;
+}
+
+void
+server_config_write_ini(const server_config *cfg, FILE *f)
+{
+	char val[PATH_MAX];
+	for (size_t i = 0; i < NKEYS; i++) {
+		if (i == 0 || strcmp(keys[i].section, keys[i - 1].section) != 0)
+			fprintf(f, "%s[%s]\n", i ? "\n" : "", keys[i].section);
+		server_config_format(cfg, i, val, sizeof(val));
+		fprintf(f, "%s = %s\n", keys[i].name, val);
+	}
+}
+
+void
+server_config_write_template(FILE *f)
+{
+	fprintf(f,
+		"; config.ini - doved's configuration. Every key, its default "
+		"and what it does.\n"
+		"; Generated by `doved --config-template`; edit the values, "
+		"keep the keys.\n"
+		"; Relative paths are resolved against this file's directory.\n"
+		"; (live) keys take effect on SIGHUP / `dovectl reload`; the "
+		"others need a\n"
+		"; restart and are listed under restart_required in `dovectl "
+		"status` until then.\n");
+	for (size_t i = 0; i < NKEYS; i++) {
+		if (i == 0 || strcmp(keys[i].section, keys[i - 1].section) != 0)
+			fprintf(f, "\n[%s]\n", keys[i].section);
+		fprintf(f, "; %s%s\n", keys[i].help,
+			(keys[i].flags & SERVER_CFG_LIVE) ? " (live)" : "");
+		fprintf(f, "%s = %s\n", keys[i].name, keys[i].def);
+	}
+}
+
+void
+server_config_json(const server_config *cfg, struct json_buf *j)
+{
+	char val[PATH_MAX];
+	json_obj_begin(j);
+	for (size_t i = 0; i < NKEYS; i++) {
+		if (i == 0 || strcmp(keys[i].section, keys[i - 1].section) != 0) {
+			if (i > 0)
+				json_obj_end(j);
+			json_key(j, keys[i].section);
+			json_obj_begin(j);
+		}
+		json_key(j, keys[i].name);
+		switch (keys[i].type) {
+		case SERVER_CFG_INT:
+			json_i64(j, *field_i64((server_config *)cfg, i));
+			break;
+		case SERVER_CFG_BOOL:
+			json_bool(j, *field_i64((server_config *)cfg, i) != 0);
+			break;
+		default:
+			server_config_format(cfg, i, val, sizeof(val));
+			json_str(j, val);
+			break;
+		}
+	}
+	if (NKEYS > 0)
+		json_obj_end(j);
+	json_obj_end(j);
+}
+
+/* ---- RCU publication -------------------------------------------------- */
+
+static server_config *current;
+
+const server_config *
+server_config_get(void)
+{
+	return rcu_dereference(current);
+}
+
+void
+server_config_publish(server_config *cfg)
+{
+	DOVE_ASSERT(cfg != NULL);
+	DOVE_ASSERT(cfg->generation >= 1);
+	/* rcu_xchg_pointer orders cfg's initialisation before readers can
+	 * see the pointer (it implies a full barrier). */
+	server_config *old = rcu_xchg_pointer(&current, cfg);
+	if (old != NULL) {
+		DOVE_ASSERT(cfg->generation > old->generation);
+		/* Readers that loaded old finish before it is freed. */
+		urcu_memb_synchronize_rcu();
+		server_config_free(old);
+	}
+}
+
+server_config *
+server_config_retire(void)
+{
+	server_config *old = rcu_xchg_pointer(&current, NULL);
+	urcu_memb_synchronize_rcu();
+	return old;
+}

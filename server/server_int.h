@@ -1,0 +1,94 @@
+/*
+ * server_int.h - declarations shared inside server/ only: the event loop,
+ * the process state that admin commands read and change, the admin socket
+ * and the pid file.
+ */
+#ifndef SERVER_INT_H
+#define SERVER_INT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include "server.h"
+
+/* ---- event loop (epoll) ----------------------------------------------- */
+
+/*
+ * Everything registered with the loop embeds one of these; the loop calls
+ * fn with the ready events. One thread runs a loop; nothing here is
+ * thread-safe.
+ */
+struct server_ev {
+	int fd;
+	void (*fn)(struct server_ev *ev, uint32_t events);
+};
+
+struct server_loop {
+	int epfd;
+	bool stop; /* set by a handler: run() returns after this round */
+};
+
+int server_loop_init(struct server_loop *loop);
+void server_loop_close(struct server_loop *loop);
+/* Register/modify/forget ev->fd. Return 0 or -errno. */
+int server_loop_add(struct server_loop *loop, struct server_ev *ev,
+		    uint32_t events);
+int server_loop_mod(struct server_loop *loop, struct server_ev *ev,
+		    uint32_t events);
+void server_loop_del(struct server_loop *loop, struct server_ev *ev);
+/* Dispatch events until a handler sets loop->stop. Sleeps in epoll_wait
+ * with no timeout when there is nothing to do: an idle loop costs nothing. */
+void server_loop_run(struct server_loop *loop);
+
+/* ---- process state ---------------------------------------------------- */
+
+struct server_admin;
+
+struct server {
+	struct server_loop loop;
+	struct server_ev signal_ev; /* signalfd: HUP, TERM, INT */
+	struct server_admin *admin;
+	pid_t pid;
+	struct timespec started; /* CLOCK_MONOTONIC */
+	uint64_t reloads_failed;
+	char last_reload_error[512]; /* "" when the last reload succeeded */
+};
+
+/*
+ * Reload the config file the running config came from: load, validate,
+ * keep restart-only keys, apply live keys, publish. On failure the running
+ * config stays, last_reload_error is set and logged, and -DOVE_ECONFIG or
+ * -errno is returned. Main loop thread only.
+ */
+int server_reload(struct server *srv);
+
+/* Ask the main loop to stop after the current round (admin `shutdown`). */
+void server_request_stop(struct server *srv, const char *why);
+
+/* ---- admin socket ------------------------------------------------------ */
+
+/*
+ * Bind the admin socket of the published config (replacing a stale socket
+ * file that no process answers on), chmod it, listen and register with
+ * srv->loop. Returns 0 or -errno with the reason logged.
+ */
+int server_admin_open(struct server *srv, struct server_admin **out);
+
+/* Close every client and the listener, unlink the socket file. */
+void server_admin_close(struct server_admin *adm);
+
+/* ---- pid file --------------------------------------------------------- */
+
+/*
+ * Create path, take an exclusive lock on it (held until the process exits)
+ * and write our pid. When another process holds the lock, returns
+ * -DOVE_ELOCKED and sets *holder to its pid (0 if unreadable).
+ */
+int server_pidfile_open(const char *path, int *fd_out, pid_t *holder);
+
+/* Unlink path (if it is still ours) and close fd. */
+void server_pidfile_close(const char *path, int fd);
+
+#endif /* SERVER_INT_H */

@@ -1,0 +1,56 @@
+/*
+ * account.c - account flag words, shared by the line protocol parser, the
+ * admin output and the MariaDB projection so they can never spell a flag
+ * two ways.
+ */
+#include "settle.h"
+
+#include <string.h>
+
+#include "dove.h"
+
+static const struct {
+	const char *word;
+	uint32_t flag;
+} flag_words[] = {
+	{ "nonneg", SETTLE_ACCOUNT_NONNEG },
+	{ "hot", SETTLE_ACCOUNT_HOT },
+};
+
+bool
+settle_account_flag_parse(const char *word, size_t len, uint32_t *flag)
+{
+	DOVE_ASSERT(word != NULL);
+	DOVE_ASSERT(flag != NULL);
+	for (size_t i = 0; i < sizeof(flag_words) / sizeof(flag_words[0]); i++) {
+		if (strlen(flag_words[i].word) == len &&
+		    memcmp(flag_words[i].word, word, len) == 0) {
+			*flag = flag_words[i].flag;
+			return true;
+		}
+	}
+	return false;
+}
+
+size_t
+settle_account_flags_format(uint32_t flags, char *buf, size_t size)
+{
+	DOVE_ASSERT(size >= 16);
+	DOVE_ASSERT((flags & ~(uint32_t)SETTLE_ACCOUNT_FLAGS_ALL) == 0);
+	size_t len = 0;
+	buf[0] = '\0';
+	for (size_t i = 0; i < sizeof(flag_words) / sizeof(flag_words[0]); i++) {
+		if (!(flags & flag_words[i].flag))
+			continue;
+		size_t wl = strlen(flag_words[i].word);
+		if (len > 0)
+			buf[len++] = ',';
+		memcpy(buf + len, flag_words[i].word, wl);
+		len += wl;
+	}
+	if (len == 0)
+		buf[len++] = '-';
+	buf[len] = '\0';
+	DOVE_ASSERT(len < size);
+	return len;
+}

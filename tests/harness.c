@@ -1,0 +1,204 @@
+/*
+ * harness.c - see harness.h. DOVED_PATH and DOVECTL_PATH are compiled in by
+ * tests/CMakeLists.txt so the tests run the binaries of their own build.
+ */
+#include "harness.h"
+
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+void
+dh_write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	ck_assert_msg(f != NULL, "cannot write %s: %s", path, strerror(errno));
+	fputs(text, f);
+	fclose(f);
+}
+
+void
+dh_write_config(struct dh *h, const char *extra)
+{
+	/* Every default path is relative to the config file, so an empty
+	 * config already keeps everything inside the temp dir. */
+	dh_write_file(h->cfg, extra ? extra : "");
+}
+
+void
+dh_init(struct dh *h, const char *extra)
+{
+	memset(h, 0, sizeof(*h));
+	snprintf(h->dir, sizeof(h->dir), "/tmp/dove-test-XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(h->dir));
+	snprintf(h->cfg, sizeof(h->cfg), "%s/doved.ini", h->dir);
+	snprintf(h->sock, sizeof(h->sock), "%s/data/admin.sock", h->dir);
+	snprintf(h->pidf, sizeof(h->pidf), "%s/data/doved.pid", h->dir);
+	snprintf(h->log, sizeof(h->log), "%s/doved.out", h->dir);
+	dh_write_config(h, extra);
+}
+
+pid_t
+dh_spawn(struct dh *h, const char *const *args, const char *out_path)
+{
+	(void)h;
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		int fd = open(out_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+			close(fd);
+		}
+		char *argv[16];
+		int n = 0;
+		argv[n++] = (char *)DOVED_PATH;
+		for (int i = 1; args && args[i] && n < 15; i++)
+			argv[n++] = (char *)args[i];
+		argv[n] = NULL;
+		execv(DOVED_PATH, argv);
+		_exit(127);
+	}
+	return pid;
+}
+
+int
+dh_connect(const char *sock)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		close(fd);
+		return -1;
+	}
+	struct timeval tv = { .tv_sec = 10 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+static void
+sleep_ms(int ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+}
+
+void
+dh_start(struct dh *h)
+{
+	const char *args[] = { "doved", "-c", h->cfg, NULL };
+	h->pid = dh_spawn(h, args, h->log);
+	for (int i = 0; i < 1000; i++) {
+		int fd = dh_connect(h->sock);
+		if (fd >= 0) {
+			close(fd);
+			return;
+		}
+		int st;
+		if (waitpid(h->pid, &st, WNOHANG) == h->pid) {
+			char out[4096];
+			dh_read_file(h->log, out, sizeof(out));
+			h->pid = 0;
+			ck_abort_msg("doved exited at start-up: %s", out);
+		}
+		sleep_ms(10);
+	}
+	ck_abort_msg("doved's admin socket %s never answered", h->sock);
+}
+
+int
+dh_wait(pid_t pid, int timeout_ms)
+{
+	for (int t = 0; t < timeout_ms; t += 5) {
+		int st;
+		pid_t r = waitpid(pid, &st, WNOHANG);
+		if (r == pid)
+			return st;
+		sleep_ms(5);
+	}
+	return -1;
+}
+
+void
+dh_cleanup(struct dh *h)
+{
+	if (h->pid > 0) {
+		kill(h->pid, SIGKILL);
+		waitpid(h->pid, NULL, 0);
+		h->pid = 0;
+	}
+	if (h->dir[0]) {
+		char cmd[256];
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", h->dir);
+		int rc = system(cmd);
+		(void)rc;
+	}
+}
+
+bool
+dh_cmd_fd(int fd, const char *line, char *buf, size_t size)
+{
+	char out[4096];
+	int n = snprintf(out, sizeof(out), "%s\n", line);
+	if (send(fd, out, (size_t)n, MSG_NOSIGNAL) != n)
+		return false;
+	size_t got = 0;
+	while (got + 1 < size) {
+		ssize_t r = recv(fd, buf + got, 1, 0); /* byte-wise: keep the
+							  next reply unread */
+		if (r <= 0)
+			return false;
+		if (buf[got] == '\n') {
+			buf[got] = '\0';
+			return true;
+		}
+		got++;
+	}
+	return false;
+}
+
+void
+dh_admin(struct dh *h, const char *cmd, char *buf, size_t size)
+{
+	int fd = dh_connect(h->sock);
+	ck_assert_msg(fd >= 0, "connect %s: %s", h->sock, strerror(errno));
+	ck_assert_msg(dh_cmd_fd(fd, cmd, buf, size), "no reply to '%s'", cmd);
+	close(fd);
+}
+
+size_t
+dh_read_file(const char *path, char *buf, size_t size)
+{
+	buf[0] = '\0';
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		return 0;
+	size_t n = fread(buf, 1, size - 1, f);
+	buf[n] = '\0';
+	fclose(f);
+	return n;
+}
+
+int
+dh_run(const char *cmd, char *out, size_t size)
+{
+	FILE *p = popen(cmd, "r");
+	ck_assert_ptr_nonnull(p);
+	size_t n = fread(out, 1, size - 1, p);
+	out[n] = '\0';
+	int st = pclose(p);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}

@@ -1,0 +1,55 @@
+/*
+ * harness.h - helpers for integration tests that run a real doved: a
+ * private temp directory with a config file, start/stop of the real binary,
+ * and admin round trips over its real socket. Used by every check_* suite
+ * that talks to a process; never by the server itself.
+ */
+#ifndef HARNESS_H
+#define HARNESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+struct dh {
+	char dir[128];  /* temp dir: config, data, log */
+	char cfg[192];  /* config file path */
+	char sock[192]; /* admin socket */
+	char pidf[192]; /* pid file */
+	char log[192];  /* doved's stderr */
+	pid_t pid;      /* running doved, or 0 */
+};
+
+/* Make a temp dir and write extra (ini text; NULL = empty) as its config
+ * file. The default paths are relative to the config file, so data, pid
+ * file and admin socket land in the temp dir. */
+void dh_init(struct dh *h, const char *extra);
+/* Rewrite the config file with another text. */
+void dh_write_config(struct dh *h, const char *extra);
+/* Write raw text to the config file. */
+void dh_write_file(const char *path, const char *text);
+
+/* Start doved -c cfg; wait until the admin socket answers (fails the test
+ * after 10 s). */
+void dh_start(struct dh *h);
+/* Start doved with its argv (argv[0] ignored); do not wait. Returns pid. */
+pid_t dh_spawn(struct dh *h, const char *const *args, const char *out_path);
+/* Wait for pid to exit within timeout_ms; returns the wait status or -1. */
+int dh_wait(pid_t pid, int timeout_ms);
+/* SIGKILL a running doved (if any), remove the temp dir. */
+void dh_cleanup(struct dh *h);
+
+/* Connect to the admin socket; -1 on failure. */
+int dh_connect(const char *sock);
+/* Send line + '\n' on fd; read one reply line into buf. Returns false on
+ * EOF or error. */
+bool dh_cmd_fd(int fd, const char *line, char *buf, size_t size);
+/* One command on a fresh connection. Fails the test if it cannot. */
+void dh_admin(struct dh *h, const char *cmd, char *buf, size_t size);
+
+/* Read a whole small file into buf (NUL-terminated); returns length. */
+size_t dh_read_file(const char *path, char *buf, size_t size);
+/* Run cmd under sh, capture stdout+stderr into out; return exit status. */
+int dh_run(const char *cmd, char *out, size_t size);
+
+#endif
