@@ -149,16 +149,18 @@ void
 json_i64(struct json_buf *j, int64_t v)
 {
 	char b[24];
+	int n = snprintf(b, sizeof(b), "%" PRId64, v);
 	value_prefix(j);
-	put(j, b, (size_t)snprintf(b, sizeof(b), "%" PRId64, v));
+	put(j, b, (size_t)n);
 }
 
 void
 json_u64(struct json_buf *j, uint64_t v)
 {
 	char b[24];
+	int n = snprintf(b, sizeof(b), "%" PRIu64, v);
 	value_prefix(j);
-	put(j, b, (size_t)snprintf(b, sizeof(b), "%" PRIu64, v));
+	put(j, b, (size_t)n);
 }
 
 void

@@ -7,6 +7,7 @@
 #ifndef HARNESS_H
 #define HARNESS_H
 
+#include <check.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
@@ -51,5 +52,8 @@ void dh_admin(struct dh *h, const char *cmd, char *buf, size_t size);
 size_t dh_read_file(const char *path, char *buf, size_t size);
 /* Run cmd under sh, capture stdout+stderr into out; return exit status. */
 int dh_run(const char *cmd, char *out, size_t size);
+
+/* Run a Check suite, print its results; the exit status for main(). */
+int dh_run_suite(Suite *s);
 
 #endif
