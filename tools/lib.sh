@@ -41,6 +41,11 @@ dove_build() {
 	shift
 	dove_log "building $dir $*"
 	cmake -S "$DOVE_ROOT" -B "$DOVE_ROOT/$dir" "$@" >/dev/null || return 1
-	cmake --build "$DOVE_ROOT/$dir" -j"$(nproc)" 2>&1 | grep -vE '^\[|^-- ' || true
-	[ -x "$DOVE_ROOT/$dir/doved" ]
+	# Show only warnings and errors; a failed build fails here even if an
+	# older binary is still lying around.
+	cmake --build "$DOVE_ROOT/$dir" -j"$(nproc)" >"$DOVE_ROOT/$dir/build.log" 2>&1 || {
+		grep -vE '^\[|^-- ' "$DOVE_ROOT/$dir/build.log" >&2
+		echo "build of $dir failed (full log: $dir/build.log)" >&2
+		return 1
+	}
 }
