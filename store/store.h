@@ -8,7 +8,10 @@
 #ifndef STORE_H
 #define STORE_H
 
+#include <limits.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /*
@@ -24,5 +27,141 @@ store_dir_create(const char *path, mode_t mode, char *err, size_t errlen);
 int
 store_dir_create_parent(const char *path, mode_t mode, char *err,
 			size_t errlen);
+
+/* ---- write-ahead log ------------------------------------------------------ */
+
+/*
+ * The log is a sequence of epochs (one group commit each) in segment files
+ * wal-<first epoch, 20 digits>.log of segment_bytes, preallocated. Every
+ * record gets an LSN; LSNs and epochs are contiguous from 1. Byte format:
+ * docs/wal-format.md.
+ *
+ * Threads: any number of threads may call store_wal_append and
+ * store_wal_wait at once; a committer thread owned by the WAL seals the
+ * open epoch as soon as the previous commit is done (smart batching),
+ * writes it with one pwrite and fdatasyncs it. store_wal_retire,
+ * store_wal_close: one thread, not concurrently with each other.
+ */
+typedef struct store_wal store_wal;
+
+/* I/O entry points, replaceable for fault-injection tests. NULL = the
+ * real system call. Each returns like the system call (-1 and errno). */
+struct store_wal_io {
+	ssize_t (*pwrite)(int fd, const void *buf, size_t n, off_t off);
+	int (*fdatasync)(int fd);
+	int (*fallocate)(int fd, int mode, off_t off, off_t len);
+};
+
+struct store_wal_config {
+	const char *dir;
+	uint64_t segment_bytes;   /* file size; >= max_epoch_bytes + 112 */
+	uint32_t max_epoch_bytes; /* records per epoch, bytes; also the
+				     backpressure point for appenders */
+	uint32_t max_delay_us;    /* wait this long for more records before
+				     sealing an epoch; 0 = never wait */
+	bool fsync;               /* false: benchmarks only, logs a warning */
+	const struct store_wal_io *io;
+};
+
+/* One record to append, or one read back (data then points into the
+ * reader's buffer). */
+struct store_wal_record {
+	uint16_t type; /* not 0; meaning belongs to the caller */
+	uint32_t len;
+	const void *data;
+};
+
+/* One epoch as read back; payload valid until the callback returns. */
+struct store_wal_epoch {
+	uint64_t epoch, first_lsn, time_ns;
+	uint32_t count, length;
+	const unsigned char *payload;
+	const char *file; /* segment path */
+	uint64_t offset;  /* of the epoch header in the file */
+};
+
+/* Records of an epoch, in order: set *off = 0, call until false. */
+bool store_wal_record_next(const struct store_wal_epoch *ep, size_t *off,
+			   struct store_wal_record *rec);
+
+/* What a scan of the log found. */
+struct store_wal_scan {
+	uint32_t segments;
+	uint64_t first_epoch, last_epoch; /* 0, 0 when the log is empty */
+	uint64_t next_epoch, next_lsn;    /* what the next commit gets */
+	uint64_t epochs, records, bytes;
+	/* 0: clean end; 1: torn tail (never answered: cut by open);
+	 * -DOVE_ECORRUPT: corruption, nothing may be trusted after it. */
+	int status;
+	char file[PATH_MAX]; /* where the scan stopped (torn / corrupt) */
+	uint64_t offset;
+	uint64_t epoch;      /* the epoch expected there */
+	char reason[256];
+	/* Where the valid log ends: the segment (with a valid header) and
+	 * the offset right after its last valid epoch. "" when no segment. */
+	char end_file[PATH_MAX];
+	uint64_t end_offset;
+};
+
+/*
+ * Read and validate every epoch of the log in dir, in order, calling fn
+ * (if not NULL) for each epoch >= from_epoch; a non-zero return from fn
+ * stops the scan and is returned. Changes nothing on disk. Returns 0 when
+ * the scan completed (see scan->status for a torn tail or corruption) or
+ * -errno for an I/O error (scan->reason says which file).
+ */
+int store_wal_scan(const char *dir, uint64_t from_epoch,
+		   int (*fn)(void *arg, const struct store_wal_epoch *ep),
+		   void *arg, struct store_wal_scan *scan);
+
+/*
+ * Open the log in cfg->dir (created if missing): recover (scan; a torn
+ * tail is cut off and logged, corruption refuses with file, offset and
+ * epoch in err and changes nothing), prepare the segments, start the
+ * committer. *scan (optional) receives what recovery found. Returns 0,
+ * -DOVE_ECORRUPT, -EINVAL (config) or -errno.
+ */
+int store_wal_open(const struct store_wal_config *cfg, store_wal **out,
+		   struct store_wal_scan *scan, char *err, size_t errlen);
+
+/* Commit what is pending, stop the committer, close. */
+void store_wal_close(store_wal *w);
+
+/*
+ * Append n records to the open epoch; they are committed together, in
+ * order. *batch receives the ticket to wait for; the records' LSNs are
+ * first_lsn + i once store_wal_wait reports it. Blocks while the open
+ * epoch is full (backpressure). Returns 0, -EINVAL (a record larger than
+ * an epoch, type 0) or -DOVE_EPOISONED.
+ */
+int store_wal_append(store_wal *w, const struct store_wal_record *recs,
+		     uint32_t n, uint64_t *batch);
+
+/*
+ * Wait until batch is durable (0; *epoch and *first_lsn set) or failed:
+ * -ENOSPC / -EIO (not written; nothing acknowledged may be assumed; later
+ * appends may succeed once space returns) or -DOVE_EPOISONED (fdatasync
+ * failed: the WAL accepts nothing more). epoch/first_lsn may be NULL.
+ */
+int store_wal_wait(store_wal *w, uint64_t batch, uint64_t *epoch,
+		   uint64_t *first_lsn);
+
+/* The newest durable epoch (0 before the first). Any thread. */
+uint64_t store_wal_durable_epoch(store_wal *w);
+
+/*
+ * Delete whole segments every epoch of which is below low_water; never
+ * the segment holding low_water, nor the one being written. Returns the
+ * number deleted or -errno.
+ */
+int store_wal_retire(store_wal *w, uint64_t low_water);
+
+struct store_wal_stats {
+	uint64_t epochs, records, bytes; /* committed since open */
+	uint64_t commit_ns_total, commit_ns_max;
+	uint64_t failed_commits;
+	uint32_t segments;
+};
+void store_wal_stats_get(store_wal *w, struct store_wal_stats *st);
 
 #endif /* STORE_H */

@@ -317,7 +317,10 @@ START_TEST(mpmc_single_thread_semantics)
 			ck_assert_int_eq(memcmp(in, out, (size_t)b * 24), 0);
 		}
 	}
-	ck_assert_int_eq(ring_mpmc_init(xalloc(n), n, 15, 24, 0, &r), -EINVAL);
+	free(r);
+	void *mem = xalloc(n);
+	ck_assert_int_eq(ring_mpmc_init(mem, n, 15, 24, 0, &r), -EINVAL);
+	free(mem);
 }
 END_TEST
 
@@ -443,6 +446,7 @@ START_TEST(mpmc_stress_exactly_once)
 	}
 	uint64_t out;
 	ck_assert_uint_eq(ring_mpmc_pop(s.r, &out, 1), 0);
+	free(s.r);
 }
 END_TEST
 

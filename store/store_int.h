@@ -1,0 +1,62 @@
+/*
+ * store_int.h - declarations shared inside store/ (and its tests): the
+ * CRC-32C implementations and the on-disk layout of WAL segments and
+ * epochs. docs/wal-format.md describes the same bytes for humans.
+ */
+#ifndef STORE_INT_H
+#define STORE_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* CRC-32C of len bytes, continuing from crc (0 to start). */
+uint32_t store_crc32c(uint32_t crc, const void *data, size_t len);
+/* The table implementation, always available (tests compare the two). */
+uint32_t store_crc32c_sw(uint32_t crc, const void *data, size_t len);
+bool store_crc32c_hw_available(void);
+
+#define WAL_SEG_MAGIC 0x314c415745564f44ull /* "DOVEWAL1" */
+#define WAL_EPOCH_MAGIC 0x48435045u         /* "EPCH" */
+#define WAL_FORMAT_VERSION 1u
+
+/* First 64 bytes of every segment file. Little-endian, as all of it. */
+struct wal_seg_header {
+	uint64_t magic;
+	uint32_t version;
+	uint32_t header_bytes;  /* sizeof(struct wal_seg_header) */
+	uint64_t first_epoch;   /* also in the file name */
+	uint64_t first_lsn;
+	uint64_t segment_bytes; /* preallocated size */
+	uint64_t created_ns;    /* CLOCK_REALTIME */
+	uint32_t crc;           /* CRC-32C of this header with crc = 0 */
+	uint32_t pad[3];
+};
+_Static_assert(sizeof(struct wal_seg_header) == 64, "segment header");
+
+/* Every epoch starts with this, followed by `length` bytes of records. */
+struct wal_epoch_header {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t flags;     /* 0 */
+	uint64_t epoch;
+	uint64_t first_lsn;
+	uint32_t count;     /* records */
+	uint32_t length;    /* payload bytes after this header */
+	uint64_t time_ns;   /* the sequencer's wall clock at commit */
+	uint32_t crc;       /* CRC-32C of header (crc = 0) and payload */
+	uint32_t reserved;  /* 0 */
+};
+_Static_assert(sizeof(struct wal_epoch_header) == 48, "epoch header");
+
+/* Every record: this, then len bytes, then zeros to a multiple of 8. */
+struct wal_record_header {
+	uint16_t type; /* not 0 */
+	uint16_t flags; /* 0 */
+	uint32_t len;
+};
+_Static_assert(sizeof(struct wal_record_header) == 8, "record header");
+
+#define WAL_ALIGN(n) (((n) + 7u) & ~(size_t)7u)
+
+#endif

@@ -1,0 +1,1015 @@
+/*
+ * wal.c - the write-ahead log: segment files of checksummed epochs, one
+ * group commit per epoch, exact recovery, retention.
+ *
+ * Appenders copy records into the open epoch buffer under a mutex (once
+ * per batch of records, never per message); the committer thread seals the
+ * buffer the moment the previous commit has finished (smart batching: no
+ * timer), swaps in the second buffer, writes the sealed epoch with one
+ * pwrite and fdatasyncs it. So appends proceed while a commit is on disk,
+ * and an epoch is as large as what arrived during the last commit.
+ *
+ * Epoch numbers and LSNs are assigned at seal time: an epoch whose write
+ * fails (ENOSPC, EIO) is reported failed to its appenders and its number
+ * is reused, so the log stays contiguous. A failed fdatasync poisons the
+ * WAL for good: the page cache may have dropped the data, so nothing can
+ * be acknowledged any more and nothing retries the fsync.
+ *
+ * It must never acknowledge a batch before its fdatasync has returned, and
+ * never treat a half-written epoch as valid.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dove.h"
+#include "store.h"
+#include "store_int.h"
+
+#define SEG_PREFIX "wal-"
+#define SEG_SUFFIX ".log"
+#define NEXT_NAME "wal-next.tmp"
+/* Outcomes of the last batches; a waiter older than this is refused. */
+#define OUTCOMES 4096
+
+/* ---- segment files ---------------------------------------------------- */
+
+struct seg {
+	uint64_t first_epoch;
+	char path[PATH_MAX];
+};
+
+static int
+seg_cmp(const void *a, const void *b)
+{
+	const struct seg *x = a, *y = b;
+	return x->first_epoch < y->first_epoch ? -1
+					       : x->first_epoch > y->first_epoch;
+}
+
+/* List the segment files of dir, sorted. *out is malloc'd. */
+static int
+seg_list(const char *dir, struct seg **out, uint32_t *count)
+{
+	DIR *d = opendir(dir);
+	if (d == NULL)
+		return -errno;
+	struct seg *v = NULL;
+	uint32_t n = 0, cap = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		size_t len = strlen(e->d_name);
+		if (len != strlen(SEG_PREFIX) + 20 + strlen(SEG_SUFFIX) ||
+		    strncmp(e->d_name, SEG_PREFIX, strlen(SEG_PREFIX)) != 0 ||
+		    strcmp(e->d_name + len - strlen(SEG_SUFFIX), SEG_SUFFIX) != 0)
+			continue;
+		char *end;
+		uint64_t first = strtoull(e->d_name + strlen(SEG_PREFIX), &end,
+					  10);
+		if (end != e->d_name + strlen(SEG_PREFIX) + 20)
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 16;
+			struct seg *nv = realloc(v, cap * sizeof(*v));
+			DOVE_ASSERT(nv != NULL);
+			v = nv;
+		}
+		v[n].first_epoch = first;
+		snprintf(v[n].path, sizeof(v[n].path), "%s/%s", dir, e->d_name);
+		n++;
+	}
+	closedir(d);
+	if (n > 0)
+		qsort(v, n, sizeof(*v), seg_cmp);
+	*out = v;
+	*count = n;
+	return 0;
+}
+
+
+static int
+read_file(const char *path, unsigned char **buf, size_t *len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		int rc = -errno;
+		close(fd);
+		return rc;
+	}
+	size_t n = (size_t)st.st_size;
+	unsigned char *b = malloc(n ? n : 1);
+	DOVE_ASSERT(b != NULL);
+	size_t got = 0;
+	while (got < n) {
+		ssize_t r = pread(fd, b + got, n - got, (off_t)got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			int rc = r < 0 ? -errno : -EIO;
+			free(b);
+			close(fd);
+			return rc;
+		}
+		got += (size_t)r;
+	}
+	close(fd);
+	*buf = b;
+	*len = n;
+	return 0;
+}
+
+static bool
+seg_header_valid(const unsigned char *buf, size_t n, struct wal_seg_header *h)
+{
+	if (n < sizeof(*h))
+		return false;
+	memcpy(h, buf, sizeof(*h));
+	if (h->magic != WAL_SEG_MAGIC)
+		return false;
+	uint32_t crc = h->crc;
+	struct wal_seg_header tmp = *h;
+	tmp.crc = 0;
+	return store_crc32c(0, &tmp, sizeof(tmp)) == crc;
+}
+
+/* ---- epochs ------------------------------------------------------------- */
+
+/*
+ * Is there a structurally valid epoch at off (magic, version, sizes, records
+ * adding up, checksum)? Says nothing about its number. Everything here is
+ * data from disk: checked, never asserted.
+ */
+static bool
+epoch_valid(const unsigned char *buf, size_t n, size_t off,
+	    struct wal_epoch_header *h, const char **why)
+{
+	*why = "truncated header";
+	if (off + sizeof(*h) > n)
+		return false;
+	memcpy(h, buf + off, sizeof(*h));
+	*why = "bad magic";
+	if (h->magic != WAL_EPOCH_MAGIC)
+		return false;
+	*why = "unknown epoch format version";
+	if (h->version != WAL_FORMAT_VERSION)
+		return false;
+	*why = "length runs past the end of the segment";
+	if (h->length > n - off - sizeof(*h) || h->length % 8 != 0)
+		return false;
+	*why = "checksum mismatch";
+	struct wal_epoch_header tmp = *h;
+	tmp.crc = 0;
+	uint32_t crc = store_crc32c(0, &tmp, sizeof(tmp));
+	crc = store_crc32c(crc, buf + off + sizeof(*h), h->length);
+	if (crc != h->crc)
+		return false;
+	/* Checksummed, but do the records add up? (A writer bug, not a
+	 * disk error; still refused.) */
+	*why = "records do not add up to the epoch length";
+	const unsigned char *p = buf + off + sizeof(*h);
+	size_t pos = 0;
+	uint32_t count = 0;
+	while (pos < h->length) {
+		struct wal_record_header rh;
+		if (h->length - pos < sizeof(rh))
+			return false;
+		memcpy(&rh, p + pos, sizeof(rh));
+		if (rh.type == 0 ||
+		    WAL_ALIGN((size_t)rh.len) > h->length - pos - sizeof(rh))
+			return false;
+		pos += sizeof(rh) + WAL_ALIGN((size_t)rh.len);
+		count++;
+	}
+	return count == h->count;
+}
+
+bool
+store_wal_record_next(const struct store_wal_epoch *ep, size_t *off,
+		      struct store_wal_record *rec)
+{
+	if (*off >= ep->length)
+		return false;
+	struct wal_record_header rh;
+	memcpy(&rh, ep->payload + *off, sizeof(rh));
+	/* Validated by the scan before the epoch was handed out. */
+	DOVE_ASSERT(rh.type != 0);
+	DOVE_ASSERT(*off + sizeof(rh) + rh.len <= ep->length);
+	rec->type = rh.type;
+	rec->len = rh.len;
+	rec->data = ep->payload + *off + sizeof(rh);
+	*off += sizeof(rh) + WAL_ALIGN((size_t)rh.len);
+	return true;
+}
+
+/* ---- scan --------------------------------------------------------------- */
+
+/* Anything valid at or after off in buf, or in a later segment? */
+static bool
+valid_data_after(const unsigned char *buf, size_t n, size_t off,
+		 const struct seg *segs, uint32_t nsegs, uint32_t si)
+{
+	struct wal_epoch_header h;
+	const char *why;
+	for (size_t p = WAL_ALIGN(off); p + sizeof(h) <= n; p += 8)
+		if (memcmp(buf + p, &(uint32_t){ WAL_EPOCH_MAGIC }, 4) == 0 &&
+		    epoch_valid(buf, n, p, &h, &why))
+			return true;
+	for (uint32_t k = si + 1; k < nsegs; k++) {
+		unsigned char *b;
+		size_t len;
+		struct wal_seg_header sh;
+		if (read_file(segs[k].path, &b, &len) != 0)
+			continue;
+		bool any = seg_header_valid(b, len, &sh) &&
+			   epoch_valid(b, len, sizeof(sh), &h, &why);
+		free(b);
+		if (any)
+			return true;
+	}
+	return false;
+}
+
+__attribute__((format(printf, 5, 6))) static void
+scan_stop(struct store_wal_scan *s, int status, const char *file,
+	  uint64_t offset, const char *fmt, ...)
+{
+	s->status = status;
+	snprintf(s->file, sizeof(s->file), "%s", file);
+	s->offset = offset;
+	s->epoch = s->next_epoch;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(s->reason, sizeof(s->reason), fmt, ap);
+	va_end(ap);
+}
+
+int
+store_wal_scan(const char *dir, uint64_t from_epoch,
+	       int (*fn)(void *arg, const struct store_wal_epoch *ep), void *arg,
+	       struct store_wal_scan *s)
+{
+	DOVE_ASSERT(dir != NULL && s != NULL);
+	memset(s, 0, sizeof(*s));
+	s->next_epoch = 1;
+	s->next_lsn = 1;
+	struct seg *segs;
+	uint32_t nsegs;
+	int rc = seg_list(dir, &segs, &nsegs);
+	if (rc != 0) {
+		snprintf(s->reason, sizeof(s->reason), "%.200s: %s", dir,
+			 dove_strerror(rc));
+		return rc;
+	}
+	s->segments = nsegs;
+
+	for (uint32_t si = 0; si < nsegs && s->status == 0; si++) {
+		unsigned char *buf;
+		size_t n;
+		rc = read_file(segs[si].path, &buf, &n);
+		if (rc != 0) {
+			snprintf(s->reason, sizeof(s->reason), "%.200s: %s",
+				 segs[si].path, dove_strerror(rc));
+			break;
+		}
+		struct wal_seg_header sh;
+		if (!seg_header_valid(buf, n, &sh)) {
+			/* A segment whose creation was cut short holds
+			 * nothing; at the tail that is a torn tail. */
+			if (valid_data_after(buf, n, 0, segs, nsegs, si))
+				scan_stop(s, -DOVE_ECORRUPT, segs[si].path, 0,
+					  "segment header is damaged");
+			else
+				scan_stop(s, 1, segs[si].path, 0,
+					  "segment header incomplete");
+			free(buf);
+			break;
+		}
+		if (sh.version != WAL_FORMAT_VERSION ||
+		    sh.header_bytes != sizeof(sh)) {
+			scan_stop(s, -DOVE_ECORRUPT, segs[si].path, 0,
+				  "segment of format version %u (this doved "
+				  "reads version %u)",
+				  sh.version, WAL_FORMAT_VERSION);
+			free(buf);
+			break;
+		}
+		if (sh.first_epoch != segs[si].first_epoch ||
+		    sh.first_epoch != s->next_epoch ||
+		    sh.first_lsn != s->next_lsn) {
+			scan_stop(s, -DOVE_ECORRUPT, segs[si].path, 0,
+				  "segment starts at epoch %" PRIu64
+				  " lsn %" PRIu64 " (name says epoch %" PRIu64
+				  "), expected epoch %" PRIu64 " lsn %" PRIu64
+				  ": epochs are missing",
+				  sh.first_epoch, sh.first_lsn,
+				  segs[si].first_epoch, s->next_epoch,
+				  s->next_lsn);
+			free(buf);
+			break;
+		}
+
+		size_t off = sizeof(sh);
+		snprintf(s->end_file, sizeof(s->end_file), "%s", segs[si].path);
+		s->end_offset = off;
+		for (;;) {
+			struct wal_epoch_header h;
+			const char *why = "end of segment";
+			bool ok = off + sizeof(h) <= n &&
+				  epoch_valid(buf, n, off, &h, &why);
+			if (ok && (h.epoch != s->next_epoch ||
+				   h.first_lsn != s->next_lsn)) {
+				scan_stop(s, -DOVE_ECORRUPT, segs[si].path, off,
+					  "found epoch %" PRIu64 " lsn %" PRIu64
+					  ", expected epoch %" PRIu64
+					  " lsn %" PRIu64,
+					  h.epoch, h.first_lsn, s->next_epoch,
+					  s->next_lsn);
+				break;
+			}
+			if (!ok) {
+				/* The end of what is valid here. Zeros (the
+				 * preallocated rest) or a torn last epoch are
+				 * the tail; anything valid after it means the
+				 * log was damaged in the middle. */
+				bool zeros = true;
+				for (size_t p = off; p < n && p < off + 48; p++)
+					zeros &= buf[p] == 0;
+				if (valid_data_after(buf, n, off + 8, segs,
+						     nsegs, si))
+					scan_stop(s, -DOVE_ECORRUPT,
+						  segs[si].path, off,
+						  "%s, and valid epochs follow",
+						  why);
+				else if (!zeros && off + sizeof(h) <= n)
+					scan_stop(s, 1, segs[si].path, off,
+						  "%s", why);
+				/* else: a clean end of this segment; the
+				 * next one, if any, takes over. */
+				break;
+			}
+			if (h.epoch >= from_epoch && fn != NULL) {
+				struct store_wal_epoch ep = {
+					.epoch = h.epoch,
+					.first_lsn = h.first_lsn,
+					.time_ns = h.time_ns,
+					.count = h.count,
+					.length = h.length,
+					.payload = buf + off + sizeof(h),
+					.file = segs[si].path,
+					.offset = off,
+				};
+				int r = fn(arg, &ep);
+				if (r != 0) {
+					free(buf);
+					free(segs);
+					return r;
+				}
+			}
+			if (s->first_epoch == 0)
+				s->first_epoch = h.epoch;
+			s->last_epoch = h.epoch;
+			s->epochs++;
+			s->records += h.count;
+			s->bytes += sizeof(h) + h.length;
+			s->next_epoch = h.epoch + 1;
+			s->next_lsn = h.first_lsn + h.count;
+			off += sizeof(h) + h.length;
+			s->end_offset = off;
+		}
+		free(buf);
+	}
+	free(segs);
+	return rc;
+}
+
+/* ---- the writer ----------------------------------------------------------- */
+
+struct buf {
+	unsigned char *data; /* epoch header space + records */
+	size_t len;          /* bytes used, header included */
+	uint32_t count;
+	uint64_t batch;      /* ticket of this buffer's appenders */
+};
+
+struct outcome {
+	uint64_t batch;
+	int rc;
+	uint64_t epoch, first_lsn;
+};
+
+/* Room for "/wal-<20 digits>.log" after the directory in a PATH_MAX. */
+#define WAL_DIR_MAX (PATH_MAX - 64)
+
+struct store_wal {
+	struct store_wal_config cfg;
+	char dir[WAL_DIR_MAX];
+	struct store_wal_io io;
+
+	pthread_mutex_t mu;
+	pthread_cond_t has_data; /* committer waits for records */
+	pthread_cond_t has_room; /* appenders wait for a free buffer */
+	pthread_cond_t done;     /* waiters wait for outcomes */
+	struct buf bufs[2];
+	struct buf *open;        /* appenders fill this one */
+	uint64_t done_batch;     /* every batch <= this has an outcome */
+	struct outcome outcomes[OUTCOMES];
+	bool closing;
+	bool poisoned;
+	pthread_t committer;
+
+	/* Committer thread only (after open). */
+	int fd;                  /* current segment */
+	uint64_t seg_off;        /* append offset in it */
+	uint64_t next_epoch, next_lsn;
+	int next_fd;             /* prepared wal-next.tmp, or -1 */
+	struct store_wal_stats stats;
+	struct seg *segs;        /* every segment, oldest first */
+	uint32_t nsegs, segs_cap;
+};
+
+static int
+io_pwrite_all(store_wal *w, int fd, const void *buf, size_t n, off_t off)
+{
+	const unsigned char *p = buf;
+	while (n > 0) {
+		ssize_t r = w->io.pwrite(fd, p, n, off);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -EIO;
+		p += r;
+		n -= (size_t)r;
+		off += r;
+	}
+	return 0;
+}
+
+static int
+io_sync(store_wal *w, int fd)
+{
+	if (!w->cfg.fsync)
+		return 0;
+	return w->io.fdatasync(fd) < 0 ? -errno : 0;
+}
+
+static int
+fsync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int rc = fsync(fd) < 0 ? -errno : 0;
+	close(fd);
+	return rc;
+}
+
+static uint64_t
+now_ns(clockid_t clk)
+{
+	struct timespec ts;
+	clock_gettime(clk, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void
+segs_push(store_wal *w, uint64_t first_epoch, const char *path)
+{
+	if (w->nsegs == w->segs_cap) {
+		w->segs_cap = w->segs_cap ? w->segs_cap * 2 : 16;
+		struct seg *nv = realloc(w->segs, w->segs_cap * sizeof(*nv));
+		DOVE_ASSERT(nv != NULL);
+		w->segs = nv;
+	}
+	w->segs[w->nsegs].first_epoch = first_epoch;
+	snprintf(w->segs[w->nsegs].path, sizeof(w->segs[0].path), "%s", path);
+	w->nsegs++;
+}
+
+/*
+ * Prepare wal-next.tmp: create and preallocate it, so that a full disk is
+ * found here, between epochs, and not in the middle of one. Committer
+ * thread (or open). Returns 0 or -errno; on failure nothing is left.
+ */
+static int
+prepare_next(store_wal *w)
+{
+	if (w->next_fd >= 0)
+		return 0;
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/" NEXT_NAME, w->dir);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+	if (fd < 0)
+		return -errno;
+	if (w->io.fallocate(fd, 0, 0, (off_t)w->cfg.segment_bytes) < 0) {
+		int rc = -errno;
+		close(fd);
+		unlink(path);
+		return rc;
+	}
+	w->next_fd = fd;
+	return 0;
+}
+
+/* Turn wal-next.tmp into the segment starting at next_epoch. */
+static int
+roll_segment(store_wal *w)
+{
+	int rc = prepare_next(w);
+	if (rc != 0)
+		return rc;
+	struct wal_seg_header sh = {
+		.magic = WAL_SEG_MAGIC,
+		.version = WAL_FORMAT_VERSION,
+		.header_bytes = sizeof(sh),
+		.first_epoch = w->next_epoch,
+		.first_lsn = w->next_lsn,
+		.segment_bytes = w->cfg.segment_bytes,
+		.created_ns = now_ns(CLOCK_REALTIME),
+	};
+	sh.crc = store_crc32c(0, &sh, sizeof(sh));
+	rc = io_pwrite_all(w, w->next_fd, &sh, sizeof(sh), 0);
+	if (rc == 0)
+		rc = io_sync(w, w->next_fd);
+	if (rc != 0)
+		return rc;
+	char from[PATH_MAX], to[PATH_MAX];
+	snprintf(from, sizeof(from), "%s/" NEXT_NAME, w->dir);
+	snprintf(to, sizeof(to), "%s/" SEG_PREFIX "%020" PRIu64 SEG_SUFFIX,
+		 w->dir, w->next_epoch);
+	if (rename(from, to) < 0)
+		return -errno;
+	/* The rename must be durable before any epoch in it is acked. */
+	if (w->cfg.fsync && (rc = fsync_dir(w->dir)) != 0)
+		return rc;
+	if (w->fd >= 0)
+		close(w->fd);
+	w->fd = w->next_fd;
+	w->next_fd = -1;
+	w->seg_off = sizeof(sh);
+	pthread_mutex_lock(&w->mu); /* store_wal_retire reads the list */
+	segs_push(w, w->next_epoch, to);
+	w->stats.segments = w->nsegs;
+	pthread_mutex_unlock(&w->mu);
+	return 0;
+}
+
+/* Write and sync one sealed buffer as the next epoch. Committer only. */
+static int
+commit(store_wal *w, struct buf *b, uint64_t *epoch, uint64_t *first_lsn)
+{
+	size_t payload = b->len - sizeof(struct wal_epoch_header);
+	DOVE_ASSERT(b->count > 0);
+	DOVE_ASSERT(payload % 8 == 0);
+	if (w->fd < 0 || w->seg_off + b->len > w->cfg.segment_bytes) {
+		int rc = roll_segment(w);
+		if (rc != 0)
+			return rc;
+	}
+	struct wal_epoch_header h = {
+		.magic = WAL_EPOCH_MAGIC,
+		.version = WAL_FORMAT_VERSION,
+		.epoch = w->next_epoch,
+		.first_lsn = w->next_lsn,
+		.count = b->count,
+		.length = (uint32_t)payload,
+		.time_ns = now_ns(CLOCK_REALTIME),
+	};
+	uint32_t crc = store_crc32c(0, &h, sizeof(h));
+	h.crc = store_crc32c(crc, b->data + sizeof(h), payload);
+	memcpy(b->data, &h, sizeof(h));
+	const char *why;
+	struct wal_epoch_header check;
+	DOVE_ASSERT_DEBUG(epoch_valid(b->data, b->len, 0, &check, &why));
+
+	int rc = io_pwrite_all(w, w->fd, b->data, b->len, (off_t)w->seg_off);
+	if (rc != 0)
+		return rc; /* not durable; offset and numbers are reused */
+	rc = io_sync(w, w->fd);
+	if (rc != 0) {
+		DOVE_ERROR("wal: fdatasync failed at epoch %" PRIu64 ": %s; "
+			   "the WAL is poisoned and accepts nothing more",
+			   h.epoch, dove_strerror(rc));
+		return -DOVE_EPOISONED;
+	}
+	*epoch = h.epoch;
+	*first_lsn = h.first_lsn;
+	w->seg_off += b->len;
+	w->next_epoch++;
+	w->next_lsn += b->count;
+	w->stats.epochs++;
+	w->stats.records += b->count;
+	w->stats.bytes += b->len;
+	return 0;
+}
+
+static void *
+committer_main(void *arg)
+{
+	store_wal *w = arg;
+	dove_log_thread_name("wal");
+	pthread_mutex_lock(&w->mu);
+	for (;;) {
+		while (w->open->count == 0 && !w->closing)
+			pthread_cond_wait(&w->has_data, &w->mu);
+		if (w->open->count == 0 && w->closing)
+			break;
+		if (w->cfg.max_delay_us > 0 && !w->closing) {
+			/* Optional: give a trickle a moment to grow. */
+			pthread_mutex_unlock(&w->mu);
+			usleep(w->cfg.max_delay_us);
+			pthread_mutex_lock(&w->mu);
+		}
+		/* Seal: appenders move to the other buffer at once. */
+		struct buf *b = w->open;
+		struct buf *other = b == &w->bufs[0] ? &w->bufs[1] : &w->bufs[0];
+		DOVE_ASSERT(other->count == 0);
+		other->batch = b->batch + 1;
+		w->open = other;
+		bool poisoned = w->poisoned;
+		pthread_cond_broadcast(&w->has_room);
+		pthread_mutex_unlock(&w->mu);
+
+		uint64_t epoch = 0, first_lsn = 0;
+		uint64_t t0 = now_ns(CLOCK_MONOTONIC);
+		int rc = poisoned ? -DOVE_EPOISONED
+				  : commit(w, b, &epoch, &first_lsn);
+		uint64_t dt = now_ns(CLOCK_MONOTONIC) - t0;
+		if (rc == 0) {
+			w->stats.commit_ns_total += dt;
+			if (dt > w->stats.commit_ns_max)
+				w->stats.commit_ns_max = dt;
+			/* Find a full disk before the next epoch needs it. */
+			if (w->next_fd < 0 &&
+			    w->seg_off > w->cfg.segment_bytes / 2) {
+				int prc = prepare_next(w);
+				if (prc != 0)
+					DOVE_WARN("wal: cannot prepare the next "
+						  "segment: %s",
+						  dove_strerror(prc));
+			}
+		} else if (rc != -DOVE_EPOISONED) {
+			w->stats.failed_commits++;
+			DOVE_ERROR("wal: epoch %" PRIu64 " not written: %s",
+				   w->next_epoch, dove_strerror(rc));
+		}
+
+		pthread_mutex_lock(&w->mu);
+		if (rc == -DOVE_EPOISONED)
+			w->poisoned = true;
+		struct outcome *o = &w->outcomes[b->batch % OUTCOMES];
+		o->batch = b->batch;
+		o->rc = rc;
+		o->epoch = epoch;
+		o->first_lsn = first_lsn;
+		DOVE_ASSERT(b->batch == w->done_batch + 1);
+		w->done_batch = b->batch;
+		b->len = sizeof(struct wal_epoch_header);
+		b->count = 0;
+		pthread_cond_broadcast(&w->done);
+		pthread_cond_broadcast(&w->has_room);
+	}
+	pthread_mutex_unlock(&w->mu);
+	return NULL;
+}
+
+int
+store_wal_append(store_wal *w, const struct store_wal_record *recs,
+		 uint32_t n, uint64_t *batch)
+{
+	DOVE_ASSERT(w != NULL && (recs != NULL || n == 0));
+	size_t need = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		if (recs[i].type == 0)
+			return -EINVAL;
+		need += sizeof(struct wal_record_header) +
+			WAL_ALIGN((size_t)recs[i].len);
+	}
+	size_t cap = sizeof(struct wal_epoch_header) + w->cfg.max_epoch_bytes;
+	if (need > w->cfg.max_epoch_bytes)
+		return -EINVAL;
+
+	pthread_mutex_lock(&w->mu);
+	/* Backpressure: wait until the open buffer has room. */
+	while (!w->poisoned && w->open->len + need > cap)
+		pthread_cond_wait(&w->has_room, &w->mu);
+	if (w->poisoned) {
+		pthread_mutex_unlock(&w->mu);
+		return -DOVE_EPOISONED;
+	}
+	struct buf *b = w->open;
+	for (uint32_t i = 0; i < n; i++) {
+		struct wal_record_header rh = { .type = recs[i].type,
+						.len = recs[i].len };
+		memcpy(b->data + b->len, &rh, sizeof(rh));
+		memcpy(b->data + b->len + sizeof(rh), recs[i].data, recs[i].len);
+		size_t padded = WAL_ALIGN((size_t)recs[i].len);
+		memset(b->data + b->len + sizeof(rh) + recs[i].len, 0,
+		       padded - recs[i].len);
+		b->len += sizeof(rh) + padded;
+	}
+	b->count += n;
+	DOVE_ASSERT(b->len <= cap);
+	*batch = b->batch;
+	if (b->count == n && n > 0)
+		pthread_cond_signal(&w->has_data); /* first records: wake */
+	pthread_mutex_unlock(&w->mu);
+	return 0;
+}
+
+int
+store_wal_wait(store_wal *w, uint64_t batch, uint64_t *epoch,
+	       uint64_t *first_lsn)
+{
+	pthread_mutex_lock(&w->mu);
+	while (w->done_batch < batch)
+		pthread_cond_wait(&w->done, &w->mu);
+	const struct outcome *o = &w->outcomes[batch % OUTCOMES];
+	int rc;
+	if (o->batch != batch) {
+		rc = -EINVAL; /* older than the outcome window: a caller bug */
+	} else {
+		rc = o->rc;
+		if (epoch)
+			*epoch = o->epoch;
+		if (first_lsn)
+			*first_lsn = o->first_lsn;
+	}
+	pthread_mutex_unlock(&w->mu);
+	return rc;
+}
+
+uint64_t
+store_wal_durable_epoch(store_wal *w)
+{
+	pthread_mutex_lock(&w->mu);
+	uint64_t e = 0;
+	for (uint64_t b = w->done_batch; b > 0 && w->done_batch - b < OUTCOMES;
+	     b--) {
+		const struct outcome *o = &w->outcomes[b % OUTCOMES];
+		if (o->batch == b && o->rc == 0) {
+			e = o->epoch;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&w->mu);
+	return e;
+}
+
+void
+store_wal_stats_get(store_wal *w, struct store_wal_stats *st)
+{
+	pthread_mutex_lock(&w->mu);
+	*st = w->stats; /* written by the committer between epochs */
+	pthread_mutex_unlock(&w->mu);
+}
+
+/* ---- open, recovery, close, retention ---------------------------------- */
+
+static ssize_t
+real_pwrite(int fd, const void *buf, size_t n, off_t off)
+{
+	return pwrite(fd, buf, n, off);
+}
+
+static int
+real_fdatasync(int fd)
+{
+	return fdatasync(fd);
+}
+
+static int
+real_fallocate(int fd, int mode, off_t off, off_t len)
+{
+	return fallocate(fd, mode, off, len);
+}
+
+/* Zero [off, end of file) so stale bytes of a torn epoch never look like
+ * an epoch to a later recovery. */
+static int
+zero_tail(store_wal *w, const char *path, uint64_t off)
+{
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	struct stat st;
+	int rc = fstat(fd, &st) < 0 ? -errno : 0;
+	static const unsigned char zeros[65536];
+	for (uint64_t p = off; rc == 0 && p < (uint64_t)st.st_size;) {
+		size_t n = (uint64_t)st.st_size - p < sizeof(zeros)
+				   ? (size_t)((uint64_t)st.st_size - p)
+				   : sizeof(zeros);
+		rc = io_pwrite_all(w, fd, zeros, n, (off_t)p);
+		p += n;
+	}
+	if (rc == 0)
+		rc = io_sync(w, fd);
+	close(fd);
+	return rc;
+}
+
+int
+store_wal_open(const struct store_wal_config *cfg, store_wal **out,
+	       struct store_wal_scan *scan_out, char *err, size_t errlen)
+{
+	DOVE_ASSERT(cfg != NULL && cfg->dir != NULL && out != NULL);
+	int rc;
+	if (cfg->max_epoch_bytes < 64 ||
+	    cfg->segment_bytes < sizeof(struct wal_seg_header) +
+					 sizeof(struct wal_epoch_header) +
+					 (uint64_t)cfg->max_epoch_bytes) {
+		snprintf(err, errlen,
+			 "wal: segment_bytes (%" PRIu64 ") must hold a segment "
+			 "header and one full epoch (max_epoch_bytes %u + 112)",
+			 cfg->segment_bytes, cfg->max_epoch_bytes);
+		return -EINVAL;
+	}
+	if (strlen(cfg->dir) >= WAL_DIR_MAX) {
+		snprintf(err, errlen, "wal: directory path too long: %s",
+			 cfg->dir);
+		return -ENAMETOOLONG;
+	}
+	if ((rc = store_dir_create(cfg->dir, 0750, err, errlen)) != 0)
+		return rc;
+
+	struct store_wal_scan scan;
+	rc = store_wal_scan(cfg->dir, UINT64_MAX, NULL, NULL, &scan);
+	if (rc != 0) {
+		snprintf(err, errlen, "wal: %s", scan.reason);
+		return rc;
+	}
+	if (scan.status < 0) {
+		snprintf(err, errlen,
+			 "wal: corrupt log: %s at byte offset %" PRIu64
+			 " (expected epoch %" PRIu64 "): %s; nothing was "
+			 "changed on disk",
+			 scan.file, scan.offset, scan.epoch, scan.reason);
+		return -DOVE_ECORRUPT;
+	}
+
+	store_wal *w = calloc(1, sizeof(*w));
+	DOVE_ASSERT(w != NULL);
+	w->cfg = *cfg;
+	snprintf(w->dir, sizeof(w->dir), "%s", cfg->dir);
+	w->cfg.dir = w->dir;
+	w->io.pwrite = cfg->io && cfg->io->pwrite ? cfg->io->pwrite : real_pwrite;
+	w->io.fdatasync = cfg->io && cfg->io->fdatasync ? cfg->io->fdatasync
+							 : real_fdatasync;
+	w->io.fallocate = cfg->io && cfg->io->fallocate ? cfg->io->fallocate
+							 : real_fallocate;
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_cond_init(&w->has_data, NULL);
+	pthread_cond_init(&w->has_room, NULL);
+	pthread_cond_init(&w->done, NULL);
+	w->fd = -1;
+	w->next_fd = -1;
+	w->next_epoch = scan.next_epoch;
+	w->next_lsn = scan.next_lsn;
+	if (!cfg->fsync)
+		DOVE_WARN("wal: fsync is off: acknowledged epochs can be lost "
+			  "on a crash (benchmarks only)");
+
+	/* A prepared segment never holds data: start it afresh. */
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/" NEXT_NAME, w->dir);
+	unlink(path);
+
+	struct seg *segs;
+	uint32_t nsegs;
+	rc = seg_list(w->dir, &segs, &nsegs);
+	if (rc != 0) {
+		snprintf(err, errlen, "wal: %s: %s", w->dir, dove_strerror(rc));
+		goto out_free;
+	}
+	/* The scan found nothing valid after end_file (or it would have
+	 * reported corruption): later segments are a torn creation. */
+	bool past_end = scan.end_file[0] == '\0';
+	for (uint32_t i = 0; i < nsegs; i++) {
+		if (past_end) {
+			DOVE_WARN("wal: removing %s: it holds no complete epoch",
+				  segs[i].path);
+			unlink(segs[i].path);
+			continue;
+		}
+		segs_push(w, segs[i].first_epoch, segs[i].path);
+		past_end = strcmp(segs[i].path, scan.end_file) == 0;
+	}
+	free(segs);
+	w->stats.segments = w->nsegs;
+	if (scan.status == 1) {
+		DOVE_WARN("wal: torn tail cut: %s at byte offset %" PRIu64
+			  " (epoch %" PRIu64 " was never acknowledged): %s",
+			  scan.file, scan.offset, scan.epoch, scan.reason);
+		if (strcmp(scan.file, scan.end_file) == 0 &&
+		    (rc = zero_tail(w, scan.end_file, scan.end_offset)) != 0) {
+			snprintf(err, errlen,
+				 "wal: cutting the torn tail of %s: %s",
+				 scan.end_file, dove_strerror(rc));
+			goto out_free;
+		}
+	}
+	if (w->nsegs > 0) {
+		w->fd = open(scan.end_file, O_RDWR | O_CLOEXEC);
+		if (w->fd < 0) {
+			rc = -errno;
+			snprintf(err, errlen, "wal: %s: %s", scan.end_file,
+				 dove_strerror(rc));
+			goto out_free;
+		}
+		w->seg_off = scan.end_offset;
+	} else if ((rc = roll_segment(w)) != 0) {
+		snprintf(err, errlen, "wal: creating a segment in %s: %s",
+			 w->dir, dove_strerror(rc));
+		goto out_free;
+	}
+
+	size_t cap = sizeof(struct wal_epoch_header) + cfg->max_epoch_bytes;
+	for (int i = 0; i < 2; i++) {
+		w->bufs[i].data = malloc(cap);
+		DOVE_ASSERT(w->bufs[i].data != NULL);
+		w->bufs[i].len = sizeof(struct wal_epoch_header);
+	}
+	w->open = &w->bufs[0];
+	w->open->batch = 1;
+	rc = -pthread_create(&w->committer, NULL, committer_main, w);
+	DOVE_ASSERT(rc == 0);
+	if (scan_out)
+		*scan_out = scan;
+	*out = w;
+	return 0;
+
+out_free:
+	if (w->fd >= 0)
+		close(w->fd);
+	pthread_mutex_destroy(&w->mu);
+	pthread_cond_destroy(&w->has_data);
+	pthread_cond_destroy(&w->has_room);
+	pthread_cond_destroy(&w->done);
+	free(w->segs);
+	free(w);
+	return rc;
+}
+
+void
+store_wal_close(store_wal *w)
+{
+	if (w == NULL)
+		return;
+	pthread_mutex_lock(&w->mu);
+	w->closing = true;
+	pthread_cond_signal(&w->has_data);
+	pthread_mutex_unlock(&w->mu);
+	pthread_join(w->committer, NULL);
+	if (w->fd >= 0)
+		close(w->fd);
+	if (w->next_fd >= 0) {
+		char path[PATH_MAX];
+		snprintf(path, sizeof(path), "%s/" NEXT_NAME, w->dir);
+		close(w->next_fd);
+		unlink(path);
+	}
+	for (int i = 0; i < 2; i++)
+		free(w->bufs[i].data);
+	pthread_mutex_destroy(&w->mu);
+	pthread_cond_destroy(&w->has_data);
+	pthread_cond_destroy(&w->has_room);
+	pthread_cond_destroy(&w->done);
+	free(w->segs);
+	free(w);
+}
+
+int
+store_wal_retire(store_wal *w, uint64_t low_water)
+{
+	/* The segment list is the committer's; take the lock so a roll
+	 * cannot grow it under us. */
+	pthread_mutex_lock(&w->mu);
+	int deleted = 0, rc = 0;
+	while (w->nsegs >= 2 && w->segs[1].first_epoch <= low_water) {
+		if (unlink(w->segs[0].path) < 0 && errno != ENOENT) {
+			rc = -errno;
+			break;
+		}
+		memmove(&w->segs[0], &w->segs[1],
+			(w->nsegs - 1) * sizeof(w->segs[0]));
+		w->nsegs--;
+		deleted++;
+	}
+	w->stats.segments = w->nsegs;
+	pthread_mutex_unlock(&w->mu);
+	if (deleted > 0 && w->cfg.fsync)
+		fsync_dir(w->dir);
+	return rc != 0 ? rc : deleted;
+}
