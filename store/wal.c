@@ -339,23 +339,27 @@ store_wal_scan(const char *dir, uint64_t from_epoch,
 			}
 			if (!ok) {
 				/* The end of what is valid here. Zeros (the
-				 * preallocated rest) or a torn last epoch are
-				 * the tail; anything valid after it means the
-				 * log was damaged in the middle. */
+				 * preallocated rest of a segment) end it
+				 * cleanly and the next segment takes over; a
+				 * torn last epoch is the tail. Anything valid
+				 * after either means the log was damaged in
+				 * the middle. */
 				bool zeros = true;
 				for (size_t p = off; p < n && p < off + 48; p++)
 					zeros &= buf[p] == 0;
-				if (valid_data_after(buf, n, off + 8, segs,
-						     nsegs, si))
+				bool here = valid_data_after(buf, n, off + 8,
+							     NULL, 0, 0);
+				if (zeros && !here)
+					break;
+				if (here || valid_data_after(NULL, 0, 0, segs,
+							     nsegs, si))
 					scan_stop(s, -DOVE_ECORRUPT,
 						  segs[si].path, off,
 						  "%s, and valid epochs follow",
 						  why);
-				else if (!zeros && off + sizeof(h) <= n)
+				else
 					scan_stop(s, 1, segs[si].path, off,
 						  "%s", why);
-				/* else: a clean end of this segment; the
-				 * next one, if any, takes over. */
 				break;
 			}
 			if (h.epoch >= from_epoch && fn != NULL) {

@@ -1,0 +1,858 @@
+/*
+ * check_wal.c - the write-ahead log: round trips across segments, a torn
+ * tail at every byte offset of the last epoch, flipped bits, gaps, foreign
+ * versions, injected I/O faults (failed write, failed fdatasync, full
+ * disk), concurrent appenders, retention, and a crash test that kills a
+ * real appending process with SIGKILL at least 50 times.
+ */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "dove.h"
+#include "harness.h"
+#include "store.h"
+#include "store_int.h"
+
+static char dir[128];
+
+static void
+setup(void)
+{
+	snprintf(dir, sizeof(dir), "/tmp/dove-wal-XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+}
+
+static void
+teardown(void)
+{
+	char cmd[192];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	ck_assert_int_eq(system(cmd), 0);
+}
+
+static struct store_wal_config
+small_cfg(void)
+{
+	/* Small segments so a few hundred epochs span several files. */
+	return (struct store_wal_config){ .dir = dir,
+					  .segment_bytes = 16384,
+					  .max_epoch_bytes = 4096,
+					  .fsync = true };
+}
+
+static store_wal *
+wal_open_ok(const struct store_wal_config *cfg, struct store_wal_scan *scan)
+{
+	store_wal *w;
+	char err[1024];
+	int rc = store_wal_open(cfg, &w, scan, err, sizeof(err));
+	ck_assert_msg(rc == 0, "open: %s", err);
+	return w;
+}
+
+/* Deterministic record i of batch k: type and bytes derived from both. */
+static uint32_t
+rec_len(uint64_t k, uint32_t i)
+{
+	return (uint32_t)((k * 131 + i * 17) % 300);
+}
+
+static void
+rec_fill(unsigned char *buf, uint64_t k, uint32_t i, uint32_t len)
+{
+	for (uint32_t b = 0; b < len; b++)
+		buf[b] = (unsigned char)(k * 7 + i * 13 + b);
+}
+
+static uint32_t
+batch_size(uint64_t k)
+{
+	return (uint32_t)(k % 5) + 1;
+}
+
+/* Append batch k (batch_size(k) records) and wait; returns the epoch. */
+static uint64_t
+append_batch(store_wal *w, uint64_t k, int *rc_out)
+{
+	struct store_wal_record recs[8];
+	static unsigned char data[8][512];
+	uint32_t n = batch_size(k);
+	for (uint32_t i = 0; i < n; i++) {
+		recs[i].type = (uint16_t)(1 + (k + i) % 7);
+		recs[i].len = rec_len(k, i);
+		rec_fill(data[i], k, i, recs[i].len);
+		recs[i].data = data[i];
+	}
+	uint64_t batch, epoch = 0;
+	int rc = store_wal_append(w, recs, n, &batch);
+	if (rc == 0)
+		rc = store_wal_wait(w, batch, &epoch, NULL);
+	if (rc_out)
+		*rc_out = rc;
+	else
+		ck_assert_msg(rc == 0, "batch %" PRIu64 ": %s", k,
+			      dove_strerror(rc));
+	return epoch;
+}
+
+/* Check that epoch ep holds exactly batch k. */
+static bool
+epoch_is_batch(const struct store_wal_epoch *ep, uint64_t k)
+{
+	size_t off = 0;
+	struct store_wal_record r;
+	uint32_t i = 0;
+	unsigned char want[512];
+	while (store_wal_record_next(ep, &off, &r)) {
+		if (i >= batch_size(k) || r.type != 1 + (k + i) % 7 ||
+		    r.len != rec_len(k, i))
+			return false;
+		rec_fill(want, k, i, r.len);
+		if (memcmp(r.data, want, r.len) != 0)
+			return false;
+		i++;
+	}
+	return i == batch_size(k) && ep->count == i;
+}
+
+#define UNKNOWN UINT64_MAX
+
+/* Scan callback: epoch e must hold batch map[e] (unless UNKNOWN). */
+struct expect {
+	uint64_t *batch_of_epoch; /* index: epoch */
+	uint64_t max_epoch;
+	uint64_t seen;
+};
+
+static int
+check_epoch(void *arg, const struct store_wal_epoch *ep)
+{
+	struct expect *x = arg;
+	if (ep->epoch > x->max_epoch ||
+	    x->batch_of_epoch[ep->epoch] == UNKNOWN)
+		return 0; /* not something we were told about */
+	if (!epoch_is_batch(ep, x->batch_of_epoch[ep->epoch]))
+		return 1000 + (int)ep->epoch;
+	x->seen++;
+	return 0;
+}
+
+/* ---- crc ------------------------------------------------------------------ */
+
+START_TEST(crc32c_known_and_hw_matches_sw)
+{
+	ck_assert_uint_eq(store_crc32c(0, "123456789", 9), 0xe3069283u);
+	ck_assert_uint_eq(store_crc32c_sw(0, "123456789", 9), 0xe3069283u);
+	unsigned char buf[1000];
+	unsigned seed = 7;
+	for (int round = 0; round < 200; round++) {
+		size_t n = (size_t)(rand_r(&seed) % sizeof(buf));
+		for (size_t i = 0; i < n; i++)
+			buf[i] = (unsigned char)rand_r(&seed);
+		ck_assert_uint_eq(store_crc32c(5, buf, n),
+				  store_crc32c_sw(5, buf, n));
+	}
+}
+END_TEST
+
+/* ---- round trip ----------------------------------------------------------- */
+
+START_TEST(round_trip_across_segments)
+{
+	struct store_wal_config cfg = small_cfg();
+	struct store_wal_scan scan;
+	store_wal *w = wal_open_ok(&cfg, &scan);
+	ck_assert_uint_eq(scan.next_epoch, 1);
+	static uint64_t map[2000];
+	uint64_t lsn = 1;
+	for (uint64_t k = 0; k < 400; k++) {
+		uint64_t e = append_batch(w, k, NULL);
+		ck_assert_uint_eq(e, k + 1); /* one batch per epoch, in order */
+		map[e] = k;
+		lsn += batch_size(k);
+	}
+	struct store_wal_stats st;
+	store_wal_stats_get(w, &st);
+	ck_assert_uint_gt(st.segments, 3);
+	store_wal_close(w);
+
+	struct expect x = { map, 400, 0 };
+	ck_assert_int_eq(store_wal_scan(dir, 1, check_epoch, &x, &scan), 0);
+	ck_assert_int_eq(scan.status, 0);
+	ck_assert_uint_eq(x.seen, 400);
+	ck_assert_uint_eq(scan.next_epoch, 401);
+	ck_assert_uint_eq(scan.next_lsn, lsn);
+
+	/* Reopen: recovery finds everything and appends continue. */
+	w = wal_open_ok(&cfg, &scan);
+	ck_assert_uint_eq(scan.next_epoch, 401);
+	ck_assert_int_eq(scan.status, 0);
+	for (uint64_t k = 400; k < 450; k++)
+		map[append_batch(w, k, NULL)] = k;
+	store_wal_close(w);
+	x = (struct expect){ map, 450, 0 };
+	ck_assert_int_eq(store_wal_scan(dir, 1, check_epoch, &x, &scan), 0);
+	ck_assert_uint_eq(x.seen, 450);
+}
+END_TEST
+
+START_TEST(append_rejects_bad_records)
+{
+	struct store_wal_config cfg = small_cfg();
+	store_wal *w = wal_open_ok(&cfg, NULL);
+	uint64_t b;
+	static unsigned char big[8192];
+	/* Tried: type 0, and a record larger than an epoch. */
+	struct store_wal_record r = { .type = 0, .len = 4, .data = "abcd" };
+	ck_assert_int_eq(store_wal_append(w, &r, 1, &b), -EINVAL);
+	r = (struct store_wal_record){ .type = 1, .len = 5000, .data = big };
+	ck_assert_int_eq(store_wal_append(w, &r, 1, &b), -EINVAL);
+	store_wal_close(w);
+	struct store_wal_scan scan;
+	ck_assert_int_eq(store_wal_scan(dir, 1, NULL, NULL, &scan), 0);
+	ck_assert_uint_eq(scan.epochs, 0);
+}
+END_TEST
+
+START_TEST(config_rejects_small_segments)
+{
+	struct store_wal_config cfg = small_cfg();
+	cfg.segment_bytes = 4096; /* cannot hold a 4096-byte epoch */
+	store_wal *w;
+	char err[512];
+	ck_assert_int_eq(store_wal_open(&cfg, &w, NULL, err, sizeof(err)),
+			 -EINVAL);
+	ck_assert_msg(strstr(err, "segment_bytes"), "%s", err);
+}
+END_TEST
+
+/* ---- building damaged logs ---------------------------------------------- */
+
+/* Scan callback: where does epoch `epoch` start? */
+struct epoch_at {
+	uint64_t epoch, offset;
+	char file[PATH_MAX];
+};
+
+static int
+find_epoch(void *arg, const struct store_wal_epoch *ep)
+{
+	struct epoch_at *f = arg;
+	if (ep->epoch == f->epoch) {
+		f->offset = ep->offset;
+		snprintf(f->file, sizeof(f->file), "%s", ep->file);
+	}
+	return 0;
+}
+
+/* Write n batches (one epoch each) and return where epoch n starts and
+ * ends in its segment file (path). */
+static void
+make_log(uint64_t n, char *path, size_t pathlen, uint64_t *last_start,
+	 uint64_t *last_end)
+{
+	struct store_wal_config cfg = small_cfg();
+	store_wal *w = wal_open_ok(&cfg, NULL);
+	for (uint64_t k = 0; k < n; k++)
+		append_batch(w, k, NULL);
+	store_wal_close(w);
+	struct store_wal_scan scan;
+	ck_assert_int_eq(store_wal_scan(dir, 1, NULL, NULL, &scan), 0);
+	ck_assert_uint_eq(scan.last_epoch, n);
+	snprintf(path, pathlen, "%s", scan.end_file);
+	*last_end = scan.end_offset;
+	/* Find the start of the last epoch: scan again. */
+	struct epoch_at f = { n, 0, "" };
+	ck_assert_int_eq(store_wal_scan(dir, n, find_epoch, &f, &scan), 0);
+	*last_start = f.offset;
+	ck_assert_uint_gt(*last_end, *last_start);
+}
+
+static void
+flip_bit(const char *path, uint64_t off, int bit)
+{
+	int fd = open(path, O_RDWR);
+	ck_assert_int_ge(fd, 0);
+	unsigned char b;
+	ck_assert_int_eq(pread(fd, &b, 1, (off_t)off), 1);
+	b ^= (unsigned char)(1u << bit);
+	ck_assert_int_eq(pwrite(fd, &b, 1, (off_t)off), 1);
+	close(fd);
+}
+
+static size_t
+file_bytes(const char *path, unsigned char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY);
+	ck_assert_int_ge(fd, 0);
+	ssize_t n = pread(fd, buf, size, 0);
+	close(fd);
+	ck_assert_int_ge(n, 0);
+	return (size_t)n;
+}
+
+/* Truncate the last segment at every byte offset inside the last epoch:
+ * recovery returns exactly the complete epochs and reports the cut. */
+START_TEST(torn_tail_every_offset)
+{
+	char path[PATH_MAX];
+	uint64_t start, end;
+	make_log(12, path, sizeof(path), &start, &end);
+	char saved[PATH_MAX + 16];
+	snprintf(saved, sizeof(saved), "%s.orig", path);
+	char cmd[2 * PATH_MAX + 32];
+	snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", path, saved);
+	ck_assert_int_eq(system(cmd), 0);
+	static uint64_t map[20];
+	for (uint64_t e = 1; e <= 12; e++)
+		map[e] = e - 1;
+
+	for (uint64_t cut = start; cut < end; cut++) {
+		snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", saved, path);
+		ck_assert_int_eq(system(cmd), 0);
+		ck_assert_int_eq(truncate(path, (off_t)cut), 0);
+		struct store_wal_config cfg = small_cfg();
+		struct store_wal_scan scan;
+		store_wal *w = wal_open_ok(&cfg, &scan);
+		/* At exactly the epoch's start nothing is torn: a clean end. */
+		ck_assert_int_eq(scan.status, cut == start ? 0 : 1);
+		ck_assert_uint_eq(scan.last_epoch, 11);
+		if (cut > start) {
+			ck_assert_uint_eq(scan.offset, start);
+			ck_assert_str_eq(scan.file, path);
+		}
+		/* Appends go on from epoch 12, and survive another recovery. */
+		ck_assert_uint_eq(append_batch(w, 11, NULL), 12);
+		store_wal_close(w);
+		struct expect x = { map, 12, 0 };
+		ck_assert_int_eq(store_wal_scan(dir, 1, check_epoch, &x, &scan),
+				 0);
+		ck_assert_int_eq(scan.status, 0);
+		ck_assert_uint_eq(x.seen, 12);
+	}
+	unlink(saved);
+}
+END_TEST
+
+START_TEST(flipped_bit_in_middle_is_refused)
+{
+	char path[PATH_MAX];
+	uint64_t start, end;
+	make_log(12, path, sizeof(path), &start, &end);
+	/* Epoch 2 is in the first segment, with valid epochs after it. */
+	struct store_wal_scan scan;
+	struct epoch_at f = { 2, 0, "" };
+	ck_assert_int_eq(store_wal_scan(dir, 1, find_epoch, &f, &scan), 0);
+	flip_bit(f.file, f.offset + 60, 3); /* inside its payload */
+
+	static unsigned char before[65536], after[65536];
+	size_t nb = file_bytes(f.file, before, sizeof(before));
+	store_wal *w;
+	char err[1024];
+	struct store_wal_config cfg = small_cfg();
+	ck_assert_int_eq(store_wal_open(&cfg, &w, &scan, err, sizeof(err)),
+			 -DOVE_ECORRUPT);
+	char want[PATH_MAX + 64];
+	snprintf(want, sizeof(want), "%s at byte offset %" PRIu64, f.file,
+		 f.offset);
+	ck_assert_msg(strstr(err, want), "%s", err);
+	ck_assert_msg(strstr(err, "expected epoch 2"), "%s", err);
+	/* Nothing changed on disk. */
+	size_t na = file_bytes(f.file, after, sizeof(after));
+	ck_assert_uint_eq(na, nb);
+	ck_assert_int_eq(memcmp(before, after, nb), 0);
+}
+END_TEST
+
+START_TEST(flipped_bit_in_last_epoch_is_cut)
+{
+	char path[PATH_MAX];
+	uint64_t start, end;
+	make_log(12, path, sizeof(path), &start, &end);
+	flip_bit(path, start + 50, 0);
+	struct store_wal_config cfg = small_cfg();
+	struct store_wal_scan scan;
+	store_wal *w = wal_open_ok(&cfg, &scan);
+	ck_assert_int_eq(scan.status, 1);
+	ck_assert_uint_eq(scan.last_epoch, 11);
+	ck_assert_uint_eq(scan.offset, start);
+	store_wal_close(w);
+}
+END_TEST
+
+/* Rewrite the header of the epoch at off in path with epoch number e
+ * (checksum fixed, so only the number is wrong). */
+static void
+renumber_epoch(const char *path, uint64_t off, uint64_t e)
+{
+	int fd = open(path, O_RDWR);
+	struct wal_epoch_header h;
+	ck_assert_int_eq(pread(fd, &h, sizeof(h), (off_t)off), sizeof(h));
+	unsigned char *payload = malloc(h.length);
+	ck_assert_int_eq(pread(fd, payload, h.length, (off_t)(off + sizeof(h))),
+			 (ssize_t)h.length);
+	h.epoch = e;
+	h.crc = 0;
+	uint32_t crc = store_crc32c(0, &h, sizeof(h));
+	h.crc = store_crc32c(crc, payload, h.length);
+	ck_assert_int_eq(pwrite(fd, &h, sizeof(h), (off_t)off), sizeof(h));
+	free(payload);
+	close(fd);
+}
+
+START_TEST(epoch_gap_is_refused)
+{
+	char path[PATH_MAX];
+	uint64_t start, end;
+	make_log(12, path, sizeof(path), &start, &end);
+	renumber_epoch(path, start, 14); /* 11 then 14: 12, 13 missing */
+	struct store_wal_config cfg = small_cfg();
+	store_wal *w;
+	char err[1024];
+	ck_assert_int_eq(store_wal_open(&cfg, &w, NULL, err, sizeof(err)),
+			 -DOVE_ECORRUPT);
+	ck_assert_msg(strstr(err, "found epoch 14") &&
+			      strstr(err, "expected epoch 12"),
+		      "%s", err);
+}
+END_TEST
+
+START_TEST(missing_segment_is_refused)
+{
+	struct store_wal_config cfg = small_cfg();
+	store_wal *w = wal_open_ok(&cfg, NULL);
+	for (uint64_t k = 0; k < 200; k++)
+		append_batch(w, k, NULL);
+	store_wal_close(w);
+	struct store_wal_scan scan;
+	ck_assert_int_eq(store_wal_scan(dir, 1, NULL, NULL, &scan), 0);
+	ck_assert_uint_ge(scan.segments, 3);
+	/* Remove the second segment file. */
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "rm \"$(ls %s/wal-*.log | sed -n 2p)\"", dir);
+	ck_assert_int_eq(system(cmd), 0);
+	char err[1024];
+	ck_assert_int_eq(store_wal_open(&cfg, &w, NULL, err, sizeof(err)),
+			 -DOVE_ECORRUPT);
+	ck_assert_msg(strstr(err, "epochs are missing"), "%s", err);
+}
+END_TEST
+
+START_TEST(foreign_version_segment_is_refused)
+{
+	char path[PATH_MAX];
+	uint64_t start, end;
+	make_log(3, path, sizeof(path), &start, &end);
+	int fd = open(path, O_RDWR);
+	struct wal_seg_header sh;
+	ck_assert_int_eq(pread(fd, &sh, sizeof(sh), 0), sizeof(sh));
+	sh.version = 2;
+	sh.crc = 0;
+	sh.crc = store_crc32c(0, &sh, sizeof(sh));
+	ck_assert_int_eq(pwrite(fd, &sh, sizeof(sh), 0), sizeof(sh));
+	close(fd);
+	struct store_wal_config cfg = small_cfg();
+	store_wal *w;
+	char err[1024];
+	ck_assert_int_eq(store_wal_open(&cfg, &w, NULL, err, sizeof(err)),
+			 -DOVE_ECORRUPT);
+	ck_assert_msg(strstr(err, "format version 2") && strstr(err, path),
+		      "%s", err);
+}
+END_TEST
+
+/* ---- injected faults ------------------------------------------------------ */
+
+static _Atomic int fail_pwrite_at = -1; /* countdown; -1: never */
+static _Atomic int fail_sync_at = -1;
+static _Atomic bool disk_full;
+
+static ssize_t
+faulty_pwrite(int fd, const void *buf, size_t n, off_t off)
+{
+	if (atomic_fetch_sub(&fail_pwrite_at, 1) == 0) {
+		/* Half of it reaches the file, then the device fails. */
+		ssize_t r = pwrite(fd, buf, n / 2, off);
+		(void)r;
+		errno = EIO;
+		return -1;
+	}
+	return pwrite(fd, buf, n, off);
+}
+
+static int
+faulty_fdatasync(int fd)
+{
+	if (atomic_fetch_sub(&fail_sync_at, 1) == 0) {
+		errno = EIO;
+		return -1;
+	}
+	return fdatasync(fd);
+}
+
+static int
+faulty_fallocate(int fd, int mode, off_t off, off_t len)
+{
+	if (atomic_load(&disk_full)) {
+		errno = ENOSPC;
+		return -1;
+	}
+	return fallocate(fd, mode, off, len);
+}
+
+static const struct store_wal_io faulty_io = { faulty_pwrite, faulty_fdatasync,
+					       faulty_fallocate };
+
+/* Fail the Nth write, for N over the first epochs: that batch fails,
+ * every other is durable, and the log stays contiguous. */
+START_TEST(failed_write_loses_only_that_batch)
+{
+	int nth = _i;
+	atomic_store(&fail_pwrite_at, -1);
+	atomic_store(&fail_sync_at, -1);
+	struct store_wal_config cfg = small_cfg();
+	cfg.io = &faulty_io;
+	store_wal *w = wal_open_ok(&cfg, NULL);
+	atomic_store(&fail_pwrite_at, nth);
+	static uint64_t map[100];
+	uint64_t next_epoch = 1;
+	int failures = 0;
+	for (uint64_t k = 0; k < 30; k++) {
+		int rc;
+		uint64_t e = append_batch(w, k, &rc);
+		if (rc != 0) {
+			ck_assert_int_eq(rc, -EIO);
+			failures++;
+			continue;
+		}
+		ck_assert_uint_eq(e, next_epoch); /* numbers are reused */
+		map[e] = k;
+		next_epoch++;
+	}
+	ck_assert_int_eq(failures, 1);
+	store_wal_close(w);
+	atomic_store(&fail_pwrite_at, -1);
+	struct store_wal_scan scan;
+	w = wal_open_ok(&cfg, &scan);
+	store_wal_close(w);
+	struct expect x = { map, next_epoch - 1, 0 };
+	ck_assert_int_eq(store_wal_scan(dir, 1, check_epoch, &x, &scan), 0);
+	ck_assert_int_eq(scan.status, 0);
+	ck_assert_uint_eq(x.seen, next_epoch - 1);
+}
+END_TEST
+
+START_TEST(failed_fsync_poisons)
+{
+	atomic_store(&fail_pwrite_at, -1);
+	atomic_store(&fail_sync_at, -1);
+	struct store_wal_config cfg = small_cfg();
+	cfg.io = &faulty_io;
+	store_wal *w = wal_open_ok(&cfg, NULL);
+	atomic_store(&fail_sync_at, 3); /* the 4th sync: epoch 4 */
+	for (uint64_t k = 0; k < 3; k++)
+		ck_assert_uint_eq(append_batch(w, k, NULL), k + 1);
+	int rc;
+	append_batch(w, 3, &rc);
+	ck_assert_int_eq(rc, -DOVE_EPOISONED);
+	/* Poisoned for good: no retry of the fsync, nothing accepted. */
+	uint64_t b;
+	struct store_wal_record r = { .type = 1, .len = 1, .data = "x" };
+	ck_assert_int_eq(store_wal_append(w, &r, 1, &b), -DOVE_EPOISONED);
+	store_wal_close(w);
+	atomic_store(&fail_sync_at, -1);
+	/* Recovery keeps the three acknowledged epochs. */
+	struct store_wal_scan scan;
+	w = wal_open_ok(&cfg, &scan);
+	ck_assert_uint_ge(scan.last_epoch, 3);
+	store_wal_close(w);
+}
+END_TEST
+
+START_TEST(full_disk_then_space_returns)
+{
+	atomic_store(&fail_pwrite_at, -1);
+	atomic_store(&fail_sync_at, -1);
+	atomic_store(&disk_full, false);
+	struct store_wal_config cfg = small_cfg();
+	cfg.io = &faulty_io;
+	store_wal *w = wal_open_ok(&cfg, NULL);
+	static uint64_t map[1000];
+	uint64_t k = 0, acked = 0;
+	/* The disk fills: no new segment can be preallocated. */
+	atomic_store(&disk_full, true);
+	int rc = 0;
+	for (; k < 500; k++) {
+		uint64_t e = append_batch(w, k, &rc);
+		if (rc != 0)
+			break;
+		map[e] = k;
+		acked = e;
+	}
+	ck_assert_msg(rc == -ENOSPC, "rc %d after %" PRIu64 " batches", rc, k);
+	ck_assert_uint_gt(acked, 0);
+	/* Still full: still refused, nothing acknowledged. */
+	append_batch(w, k, &rc);
+	ck_assert_int_eq(rc, -ENOSPC);
+	/* Space returns: appends resume where the log ended. */
+	atomic_store(&disk_full, false);
+	uint64_t e = append_batch(w, k, NULL);
+	ck_assert_uint_eq(e, acked + 1);
+	map[e] = k;
+	store_wal_close(w);
+	struct store_wal_scan scan;
+	struct expect x = { map, e, 0 };
+	ck_assert_int_eq(store_wal_scan(dir, 1, check_epoch, &x, &scan), 0);
+	ck_assert_int_eq(scan.status, 0);
+	ck_assert_uint_eq(x.seen, e);
+}
+END_TEST
+
+/* ---- concurrency and retention ------------------------------------------ */
+
+struct appender {
+	store_wal *w;
+	uint32_t id;
+	uint32_t batches;
+};
+
+static void *
+appender_main(void *arg)
+{
+	struct appender *a = arg;
+	for (uint32_t b = 0; b < a->batches; b++) {
+		uint64_t v[3] = { a->id, b, 0 }, batch;
+		struct store_wal_record r[2] = {
+			{ .type = 1, .len = 16, .data = v },
+			{ .type = 2, .len = 24, .data = v },
+		};
+		if (store_wal_append(a->w, r, 2, &batch) != 0 ||
+		    store_wal_wait(a->w, batch, NULL, NULL) != 0)
+			return (void *)1;
+	}
+	return NULL;
+}
+
+struct seen {
+	uint32_t next[4]; /* next expected batch per appender */
+	uint64_t records;
+	bool bad;
+};
+
+static int
+count_records(void *arg, const struct store_wal_epoch *ep)
+{
+	struct seen *s = arg;
+	size_t off = 0;
+	struct store_wal_record r;
+	while (store_wal_record_next(ep, &off, &r)) {
+		uint64_t v[2];
+		memcpy(v, r.data, 16);
+		/* Each appender's batches appear whole and in order. */
+		if (v[0] >= 4 || (r.type == 1 && v[1] != s->next[v[0]]))
+			s->bad = true;
+		if (r.type == 2)
+			s->next[v[0]]++;
+		s->records++;
+	}
+	return 0;
+}
+
+START_TEST(concurrent_appenders)
+{
+	struct store_wal_config cfg = small_cfg();
+	cfg.segment_bytes = 1 << 20;
+	cfg.max_epoch_bytes = 65536;
+	store_wal *w = wal_open_ok(&cfg, NULL);
+	struct appender a[4];
+	pthread_t t[4];
+	for (uint32_t i = 0; i < 4; i++) {
+		a[i] = (struct appender){ w, i, 2000 };
+		ck_assert_int_eq(pthread_create(&t[i], NULL, appender_main, &a[i]),
+				 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		void *r;
+		pthread_join(t[i], &r);
+		ck_assert_ptr_null(r);
+	}
+	store_wal_close(w);
+	struct seen s = { { 0 }, 0, false };
+	struct store_wal_scan scan;
+	ck_assert_int_eq(store_wal_scan(dir, 1, count_records, &s, &scan), 0);
+	ck_assert(!s.bad);
+	ck_assert_uint_eq(s.records, 4 * 2000 * 2);
+	for (int i = 0; i < 4; i++)
+		ck_assert_uint_eq(s.next[i], 2000);
+	/* Group commit happened: fewer epochs than batches. */
+	ck_assert_uint_lt(scan.epochs, 8000);
+}
+END_TEST
+
+START_TEST(retire_deletes_whole_segments_below)
+{
+	struct store_wal_config cfg = small_cfg();
+	store_wal *w = wal_open_ok(&cfg, NULL);
+	for (uint64_t k = 0; k < 300; k++)
+		append_batch(w, k, NULL);
+	struct store_wal_scan scan;
+	ck_assert_int_eq(store_wal_scan(dir, 1, NULL, NULL, &scan), 0);
+	uint32_t before = scan.segments;
+	ck_assert_uint_ge(before, 4);
+	struct epoch_at f = { 150, 0, "" };
+	ck_assert_int_eq(store_wal_scan(dir, 1, find_epoch, &f, &scan), 0);
+
+	/* Low water 150: every segment whose epochs are all below 150 goes;
+	 * the one holding 150 stays. */
+	int deleted = store_wal_retire(w, 150);
+	ck_assert_int_gt(deleted, 0);
+	ck_assert_int_eq(access(f.file, F_OK), 0);
+	char first[PATH_MAX];
+	snprintf(first, sizeof(first), "%s/wal-%020d.log", dir, 1);
+	ck_assert_int_ne(access(first, F_OK), 0);
+	/* Retiring everything keeps the segment being written. */
+	ck_assert_int_ge(store_wal_retire(w, UINT64_MAX), 0);
+	append_batch(w, 300, NULL);
+	store_wal_close(w);
+	char cmd[256], out[64];
+	snprintf(cmd, sizeof(cmd), "ls %s/wal-*.log | wc -l", dir);
+	dh_run(cmd, out, sizeof(out));
+	ck_assert_int_eq(atoi(out), 1);
+}
+END_TEST
+
+/* ---- crash test with real processes ------------------------------------ */
+
+/* Child: open (recovering), append batches from k0 on, report (epoch, k)
+ * for each durable one, until killed. */
+static void
+crash_child(int wfd, uint64_t k0)
+{
+	struct store_wal_config cfg = small_cfg();
+	cfg.segment_bytes = 65536;
+	store_wal *w;
+	char err[1024];
+	if (store_wal_open(&cfg, &w, NULL, err, sizeof(err)) != 0) {
+		fprintf(stderr, "child: %s\n", err);
+		_exit(3);
+	}
+	for (uint64_t k = k0;; k++) {
+		int rc;
+		uint64_t e = append_batch(w, k, &rc);
+		if (rc != 0)
+			_exit(4);
+		uint64_t msg[2] = { e, k };
+		if (write(wfd, msg, sizeof(msg)) != sizeof(msg))
+			_exit(5);
+	}
+}
+
+START_TEST(crash_sigkill_loses_nothing_acknowledged)
+{
+	enum { KILLS = 60 };
+	static uint64_t map[200000];
+	for (size_t i = 0; i < 200000; i++)
+		map[i] = UNKNOWN;
+	uint64_t max_epoch = 0, k = 0, reported = 0;
+	unsigned seed = 99;
+	for (int kill_no = 0; kill_no < KILLS; kill_no++) {
+		int fds[2];
+		ck_assert_int_eq(pipe(fds), 0);
+		pid_t pid = fork();
+		ck_assert_int_ge(pid, 0);
+		if (pid == 0) {
+			close(fds[0]);
+			crash_child(fds[1], k);
+		}
+		close(fds[1]);
+		/* Let it run 0-30 ms, reading its reports, then SIGKILL. */
+		usleep((useconds_t)(rand_r(&seed) % 30000));
+		kill(pid, SIGKILL);
+		int st;
+		ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+		ck_assert_msg(WIFSIGNALED(st), "child exited %d: recovery "
+					       "failed in the child",
+			      WEXITSTATUS(st));
+		uint64_t msg[2];
+		while (read(fds[0], msg, sizeof(msg)) == sizeof(msg)) {
+			ck_assert_uint_lt(msg[0], 200000);
+			map[msg[0]] = msg[1];
+			reported++;
+			if (msg[0] > max_epoch)
+				max_epoch = msg[0];
+			k = msg[1] + 1;
+		}
+		close(fds[0]);
+		/* Every reported epoch is there, byte for byte. */
+		struct expect x = { map, max_epoch, 0 };
+		struct store_wal_scan scan;
+		ck_assert_int_eq(store_wal_scan(dir, 1, check_epoch, &x, &scan),
+				 0);
+		ck_assert_msg(scan.status >= 0, "%s", scan.reason);
+		ck_assert_uint_ge(scan.last_epoch, max_epoch);
+		/* (An epoch made durable but killed before it was reported
+		 * is fine: nobody was told; it stays UNKNOWN.) */
+		ck_assert_uint_eq(x.seen, reported);
+	}
+	ck_assert_uint_gt(max_epoch, KILLS);
+}
+END_TEST
+
+static Suite *
+wal_suite(void)
+{
+	Suite *s = suite_create("wal");
+	TCase *tc = tcase_create("basics");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, crc32c_known_and_hw_matches_sw);
+	tcase_add_test(tc, round_trip_across_segments);
+	tcase_add_test(tc, append_rejects_bad_records);
+	tcase_add_test(tc, config_rejects_small_segments);
+	tcase_add_test(tc, concurrent_appenders);
+	tcase_add_test(tc, retire_deletes_whole_segments_below);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("damage");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 300);
+	tcase_add_test(tc, torn_tail_every_offset);
+	tcase_add_test(tc, flipped_bit_in_middle_is_refused);
+	tcase_add_test(tc, flipped_bit_in_last_epoch_is_cut);
+	tcase_add_test(tc, epoch_gap_is_refused);
+	tcase_add_test(tc, missing_segment_is_refused);
+	tcase_add_test(tc, foreign_version_segment_is_refused);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("faults");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 120);
+	tcase_add_loop_test(tc, failed_write_loses_only_that_batch, 0, 6);
+	tcase_add_test(tc, failed_fsync_poisons);
+	tcase_add_test(tc, full_disk_then_space_returns);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("crash");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 300);
+	tcase_add_test(tc, crash_sigkill_loses_nothing_acknowledged);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	return dh_run_suite(wal_suite());
+}
