@@ -20,6 +20,7 @@
 
 #include "dove.h"
 #include "server_int.h"
+#include "store.h"
 
 /* Replies are small (the largest, `config`, is a few KiB); a client whose
  * unread replies exceed this is not reading and is dropped. */
@@ -148,6 +149,17 @@ cmd_status(struct admin_client *c, struct json_buf *j)
 		json_null(j);
 	json_key(j, "reloads_failed");
 	json_u64(j, srv->reloads_failed);
+	struct store_wal_stats ws;
+	store_wal_stats_get(srv->wal, &ws);
+	json_key(j, "wal");
+	json_obj_begin(j);
+	json_key(j, "durable_epoch");
+	json_u64(j, store_wal_durable_epoch(srv->wal));
+	json_key(j, "segments");
+	json_u64(j, ws.segments);
+	json_key(j, "epochs_since_start");
+	json_u64(j, ws.epochs);
+	json_obj_end(j);
 	json_obj_end(j);
 	urcu_memb_read_unlock();
 }

@@ -24,6 +24,7 @@
 
 static const char *const log_levels[] = { "error", "warn", "info", "debug",
 					  NULL };
+static const char *const fsync_modes[] = { "always", "never", NULL };
 
 #define F(field) offsetof(server_config, field)
 #define NOLIM 0, 0
@@ -57,6 +58,24 @@ static const struct server_config_key keys[] = {
 	{ "admin", "max_line", SERVER_CFG_INT, SERVER_CFG_LIVE, 64, 1048576,
 	  NULL, "4096", F(admin_max_line),
 	  "longest admin command in bytes; a longer line closes that client" },
+
+	{ "wal", "dir", SERVER_CFG_PATH, 0, NOLIM, NULL, "data/wal", F(wal_dir),
+	  "write-ahead log directory (segments wal-<first epoch>.log)" },
+	{ "wal", "segment_mb", SERVER_CFG_INT, 0, 1, 1024, NULL, "64",
+	  F(wal_segment_mb),
+	  "segment file size in MiB, preallocated; the next one is prepared "
+	  "in advance" },
+	{ "wal", "fsync", SERVER_CFG_ENUM, 0, NOLIM, fsync_modes, "always",
+	  F(wal_fsync),
+	  "always = fdatasync every epoch before answering; never = "
+	  "benchmarks only (loses acknowledged data on a crash)" },
+	{ "wal", "max_epoch_kb", SERVER_CFG_INT, 0, 16, 65536, NULL, "1024",
+	  F(wal_max_epoch_kb),
+	  "largest group commit in KiB; appends wait (backpressure) beyond it" },
+	{ "wal", "max_delay_us", SERVER_CFG_INT, 0, 0, 100000, NULL, "0",
+	  F(wal_max_delay_us),
+	  "wait this long for more records before a commit; 0 = commit as "
+	  "soon as the previous one is done" },
 };
 #undef F
 #undef NOLIM
@@ -248,6 +267,9 @@ parse_value(server_config *cfg, size_t i, const char *v, const char *dir)
 	return false;
 }
 
+static bool validate_cross(const server_config *cfg, char *err,
+			   size_t errlen);
+
 /* ---- inih callbacks ---------------------------------------------------- */
 
 __attribute__((format(printf, 2, 3))) static void
@@ -431,6 +453,10 @@ server_config_load(const char *path, server_config **out, char *err,
 			goto out_free;
 		}
 	}
+	if (!validate_cross(cfg, err, errlen)) {
+		rc = -DOVE_ECONFIG;
+		goto out_free;
+	}
 	cfg->generation = 1;
 	*out = cfg;
 	free(c);
@@ -584,6 +610,22 @@ server_config_json(const server_config *cfg, struct json_buf *j)
 	if (NKEYS > 0)
 		json_obj_end(j);
 	json_obj_end(j);
+}
+
+/* Cross-key rules the table cannot express. */
+static bool
+validate_cross(const server_config *cfg, char *err, size_t errlen)
+{
+	if ((uint64_t)cfg->wal_segment_mb << 20 <
+	    ((uint64_t)cfg->wal_max_epoch_kb << 10) + 4096) {
+		snprintf(err, errlen,
+			 "%s: [wal] segment_mb = %" PRId64 " cannot hold one "
+			 "epoch of max_epoch_kb = %" PRId64 "; raise segment_mb "
+			 "or lower max_epoch_kb",
+			 cfg->path, cfg->wal_segment_mb, cfg->wal_max_epoch_kb);
+		return false;
+	}
+	return true;
 }
 
 /* ---- RCU publication -------------------------------------------------- */

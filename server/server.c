@@ -160,6 +160,41 @@ signals_open(struct server *srv)
 	return rc;
 }
 
+/* Recover and open the WAL of the published config. Returns 0 or the
+ * error, logged (a corrupt log names file, offset and epoch). */
+static int
+wal_open(struct server *srv)
+{
+	const server_config *cfg = server_config_get();
+	struct store_wal_config wc = {
+		.dir = cfg->wal_dir,
+		.segment_bytes = (uint64_t)cfg->wal_segment_mb << 20,
+		.max_epoch_bytes = (uint32_t)cfg->wal_max_epoch_kb << 10,
+		.max_delay_us = (uint32_t)cfg->wal_max_delay_us,
+		.fsync = cfg->wal_fsync == 0,
+	};
+	struct store_wal_scan scan;
+	char err[PATH_MAX + 512];
+	int rc = store_wal_open(&wc, &srv->wal, &scan, err, sizeof(err));
+	if (rc != 0) {
+		DOVE_ERROR("%s", err);
+		if (rc == -DOVE_ECORRUPT)
+			DOVE_ERROR("refusing to start on a corrupt log; inspect "
+				   "it with: dove-wal verify %s",
+				   cfg->wal_dir);
+		return rc;
+	}
+	if (scan.epochs > 0)
+		DOVE_INFO("wal: recovered epochs %llu..%llu (%llu records) "
+			  "from %s",
+			  (unsigned long long)scan.first_epoch,
+			  (unsigned long long)scan.last_epoch,
+			  (unsigned long long)scan.records, cfg->wal_dir);
+	else
+		DOVE_INFO("wal: empty log in %s", cfg->wal_dir);
+	return 0;
+}
+
 int
 server_run(server_config *cfg)
 {
@@ -212,9 +247,12 @@ server_run(server_config *cfg)
 		DOVE_ERROR("signalfd: %s", dove_strerror(rc));
 		goto out_loop;
 	}
-	rc = server_admin_open(&srv, &srv.admin);
+	rc = wal_open(&srv);
 	if (rc != 0)
 		goto out_signals;
+	rc = server_admin_open(&srv, &srv.admin);
+	if (rc != 0)
+		goto out_wal;
 
 	DOVE_INFO("doved %s started (pid %ld, config %s)", DOVE_VERSION,
 		  (long)srv.pid, server_config_get()->path);
@@ -222,6 +260,8 @@ server_run(server_config *cfg)
 	status = 0;
 
 	server_admin_close(srv.admin);
+out_wal:
+	store_wal_close(srv.wal);
 out_signals:
 	server_loop_del(&srv.loop, &srv.signal_ev);
 	close(srv.signal_ev.fd);

@@ -64,6 +64,13 @@ typedef struct server_config {
 	int64_t admin_max_clients;
 	int64_t admin_max_line;
 
+	/* [wal] */
+	char *wal_dir;
+	int64_t wal_segment_mb;
+	int64_t wal_fsync; /* 0 always, 1 never */
+	int64_t wal_max_epoch_kb;
+	int64_t wal_max_delay_us;
+
 	/* Restart-only keys whose value in the file differs from the running
 	 * one: indices into the key table (server_config_key()). */
 	uint32_t restart_required_count;

@@ -45,11 +45,13 @@ void server_loop_run(struct server_loop *loop);
 /* ---- process state ---------------------------------------------------- */
 
 struct server_admin;
+struct store_wal;
 
 struct server {
 	struct server_loop loop;
 	struct server_ev signal_ev; /* signalfd: HUP, TERM, INT */
 	struct server_admin *admin;
+	struct store_wal *wal;
 	pid_t pid;
 	struct timespec started; /* CLOCK_MONOTONIC */
 	uint64_t reloads_failed;

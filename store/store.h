@@ -146,7 +146,8 @@ int store_wal_append(store_wal *w, const struct store_wal_record *recs,
 int store_wal_wait(store_wal *w, uint64_t batch, uint64_t *epoch,
 		   uint64_t *first_lsn);
 
-/* The newest durable epoch (0 before the first). Any thread. */
+/* The newest durable epoch, recovered ones included (0: empty log). Any
+ * thread. */
 uint64_t store_wal_durable_epoch(store_wal *w);
 
 /*

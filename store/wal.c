@@ -168,10 +168,12 @@ epoch_valid(const unsigned char *buf, size_t n, size_t off,
 	if (h->length > n - off - sizeof(*h) || h->length % 8 != 0)
 		return false;
 	*why = "checksum mismatch";
+	/* Payload first, then the header with crc = 0: appenders checksum
+	 * the payload as they copy it in, off the commit path. */
 	struct wal_epoch_header tmp = *h;
 	tmp.crc = 0;
-	uint32_t crc = store_crc32c(0, &tmp, sizeof(tmp));
-	crc = store_crc32c(crc, buf + off + sizeof(*h), h->length);
+	uint32_t crc = store_crc32c(0, buf + off + sizeof(*h), h->length);
+	crc = store_crc32c(crc, &tmp, sizeof(tmp));
 	if (crc != h->crc)
 		return false;
 	/* Checksummed, but do the records add up? (A writer bug, not a
@@ -402,6 +404,7 @@ store_wal_scan(const char *dir, uint64_t from_epoch,
 struct buf {
 	unsigned char *data; /* epoch header space + records */
 	size_t len;          /* bytes used, header included */
+	uint32_t crc;        /* CRC-32C of the payload so far */
 	uint32_t count;
 	uint64_t batch;      /* ticket of this buffer's appenders */
 };
@@ -427,6 +430,7 @@ struct store_wal {
 	struct buf bufs[2];
 	struct buf *open;        /* appenders fill this one */
 	uint64_t done_batch;     /* every batch <= this has an outcome */
+	uint64_t recovered_last; /* last epoch found by recovery */
 	struct outcome outcomes[OUTCOMES];
 	bool closing;
 	bool poisoned;
@@ -591,8 +595,9 @@ commit(store_wal *w, struct buf *b, uint64_t *epoch, uint64_t *first_lsn)
 		.length = (uint32_t)payload,
 		.time_ns = now_ns(CLOCK_REALTIME),
 	};
-	uint32_t crc = store_crc32c(0, &h, sizeof(h));
-	h.crc = store_crc32c(crc, b->data + sizeof(h), payload);
+	DOVE_ASSERT_DEBUG(store_crc32c(0, b->data + sizeof(h), payload) ==
+			  b->crc);
+	h.crc = store_crc32c(b->crc, &h, sizeof(h));
 	memcpy(b->data, &h, sizeof(h));
 	const char *why;
 	struct wal_epoch_header check;
@@ -613,9 +618,6 @@ commit(store_wal *w, struct buf *b, uint64_t *epoch, uint64_t *first_lsn)
 	w->seg_off += b->len;
 	w->next_epoch++;
 	w->next_lsn += b->count;
-	w->stats.epochs++;
-	w->stats.records += b->count;
-	w->stats.bytes += b->len;
 	return 0;
 }
 
@@ -652,9 +654,6 @@ committer_main(void *arg)
 				  : commit(w, b, &epoch, &first_lsn);
 		uint64_t dt = now_ns(CLOCK_MONOTONIC) - t0;
 		if (rc == 0) {
-			w->stats.commit_ns_total += dt;
-			if (dt > w->stats.commit_ns_max)
-				w->stats.commit_ns_max = dt;
 			/* Find a full disk before the next epoch needs it. */
 			if (w->next_fd < 0 &&
 			    w->seg_off > w->cfg.segment_bytes / 2) {
@@ -665,12 +664,23 @@ committer_main(void *arg)
 						  dove_strerror(prc));
 			}
 		} else if (rc != -DOVE_EPOISONED) {
-			w->stats.failed_commits++;
 			DOVE_ERROR("wal: epoch %" PRIu64 " not written: %s",
 				   w->next_epoch, dove_strerror(rc));
 		}
 
 		pthread_mutex_lock(&w->mu);
+		/* Stats under the lock: store_wal_stats_get reads them from
+		 * any thread. */
+		if (rc == 0) {
+			w->stats.epochs++;
+			w->stats.records += b->count;
+			w->stats.bytes += b->len;
+			w->stats.commit_ns_total += dt;
+			if (dt > w->stats.commit_ns_max)
+				w->stats.commit_ns_max = dt;
+		} else {
+			w->stats.failed_commits++;
+		}
 		if (rc == -DOVE_EPOISONED)
 			w->poisoned = true;
 		struct outcome *o = &w->outcomes[b->batch % OUTCOMES];
@@ -682,6 +692,7 @@ committer_main(void *arg)
 		w->done_batch = b->batch;
 		b->len = sizeof(struct wal_epoch_header);
 		b->count = 0;
+		b->crc = 0;
 		pthread_cond_broadcast(&w->done);
 		pthread_cond_broadcast(&w->has_room);
 	}
@@ -722,6 +733,10 @@ store_wal_append(store_wal *w, const struct store_wal_record *recs,
 		size_t padded = WAL_ALIGN((size_t)recs[i].len);
 		memset(b->data + b->len + sizeof(rh) + recs[i].len, 0,
 		       padded - recs[i].len);
+		/* Checksum what we just copied while it is in cache, so
+		 * the committer only has the header left to do. */
+		b->crc = store_crc32c(b->crc, b->data + b->len,
+				      sizeof(rh) + padded);
 		b->len += sizeof(rh) + padded;
 	}
 	b->count += n;
@@ -759,7 +774,7 @@ uint64_t
 store_wal_durable_epoch(store_wal *w)
 {
 	pthread_mutex_lock(&w->mu);
-	uint64_t e = 0;
+	uint64_t e = w->recovered_last;
 	for (uint64_t b = w->done_batch; b > 0 && w->done_batch - b < OUTCOMES;
 	     b--) {
 		const struct outcome *o = &w->outcomes[b % OUTCOMES];
@@ -776,7 +791,7 @@ void
 store_wal_stats_get(store_wal *w, struct store_wal_stats *st)
 {
 	pthread_mutex_lock(&w->mu);
-	*st = w->stats; /* written by the committer between epochs */
+	*st = w->stats;
 	pthread_mutex_unlock(&w->mu);
 }
 
@@ -881,6 +896,7 @@ store_wal_open(const struct store_wal_config *cfg, store_wal **out,
 	w->next_fd = -1;
 	w->next_epoch = scan.next_epoch;
 	w->next_lsn = scan.next_lsn;
+	w->recovered_last = scan.last_epoch;
 	if (!cfg->fsync)
 		DOVE_WARN("wal: fsync is off: acknowledged epochs can be lost "
 			  "on a crash (benchmarks only)");

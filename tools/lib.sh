@@ -49,3 +49,18 @@ dove_build() {
 		return 1
 	}
 }
+
+# dove_exec_tool NAME [args...]: make sure build/NAME is built and current
+# (installing what is missing on a fresh machine), then run it.
+dove_exec_tool() {
+	local name=$1
+	shift
+	dove_install $DOVE_BUILD_PKGS || exit 1
+	if [ ! -f "$DOVE_ROOT/build/CMakeCache.txt" ]; then
+		dove_build build -DCMAKE_BUILD_TYPE=RelWithDebInfo || exit 1
+	else
+		cmake --build "$DOVE_ROOT/build" --target "$name" >/dev/null 2>&1 ||
+			dove_build build || exit 1
+	fi
+	exec "$DOVE_ROOT/build/$name" "$@"
+}
