@@ -34,4 +34,151 @@ settle_account_flag_parse(const char *word, size_t len, uint32_t *flag);
 size_t
 settle_account_flags_format(uint32_t flags, char *buf, size_t size);
 
+/* ---- requests and results --------------------------------------------- */
+
+/*
+ * Reasons a request is refused (DESIGN.md "Interfaces"). SETTLE_OK is an
+ * accepted request. The order is part of the WAL (results are not logged,
+ * but snapshots of the idempotency table store them): append only.
+ */
+enum settle_result {
+	SETTLE_OK = 0,
+	SETTLE_BAD_REQUEST,
+	SETTLE_NO_SUCH_ACCOUNT,
+	SETTLE_ACCOUNT_EXISTS,
+	SETTLE_ID_CONFLICT,
+	SETTLE_SAME_ACCOUNT,
+	SETTLE_ZERO_AMOUNT,
+	SETTLE_INSUFFICIENT_FUNDS,
+	SETTLE_OVERFLOW,
+	SETTLE_LINKED_OPEN,
+	SETTLE_LINKED_FAILED,
+	SETTLE_LINKED_MULTI_DEBIT,
+	SETTLE_OVERLOADED,
+	SETTLE_UNAVAILABLE,
+	SETTLE_RESULT_COUNT
+};
+
+/* The protocol's word for a result ("insufficient_funds"; "ok" for OK). */
+const char *
+settle_result_name(enum settle_result r);
+
+#define SETTLE_TRANSFER_LINKED 0x1u
+#define SETTLE_AMOUNT_MAX ((uint64_t)INT64_MAX) /* MariaDB BIGINT */
+
+/* WAL record types owned by the ledger. */
+enum settle_rec_type {
+	SETTLE_REC_ACCOUNT = 1,
+	SETTLE_REC_TRANSFER = 2,
+};
+
+/* The WAL payload of an ACCOUNT record. Layout pinned (settle/ledger.c). */
+struct settle_account_rec {
+	uint64_t id;
+	uint32_t flags;
+	uint32_t pad; /* 0 */
+};
+
+/* The WAL payload of a TRANSFER record. Layout pinned. */
+struct settle_transfer {
+	uint64_t id;
+	uint64_t debit, credit;
+	uint64_t amount; /* 1 .. SETTLE_AMOUNT_MAX */
+	uint64_t ref;
+	uint16_t code;
+	uint16_t flags; /* SETTLE_TRANSFER_LINKED */
+	uint32_t pad;   /* 0 */
+};
+
+/* One logged operation of an epoch, as a shard sees it. */
+struct settle_op {
+	uint64_t lsn;
+	uint16_t type; /* settle_rec_type */
+	union {
+		struct settle_account_rec account;
+		struct settle_transfer transfer;
+	} u;
+};
+
+/* ---- the ledger of one shard --------------------------------------------- */
+
+/* 128-bit counters: no sequence of accepted transfers can overflow them,
+ * so a credit never has to be refused after its debit was accepted. */
+typedef unsigned __int128 settle_u128;
+
+struct settle_account {
+	uint64_t id; /* 0: empty slot */
+	uint32_t flags;
+	uint32_t pad;
+	settle_u128 debits_posted;
+	settle_u128 credits_posted;
+	settle_u128 credits_buffered;
+};
+
+/* A credit leg: applied to its account at the end of the epoch, by the
+ * shard that owns the account. */
+struct settle_credit {
+	uint64_t account;
+	uint64_t amount;
+};
+
+typedef struct settle_ledger settle_ledger;
+
+/*
+ * A ledger for at most capacity accounts (a preallocated open-addressing
+ * table at most 50% full, so 2 x capacity slots of 64 bytes). Returns 0 or
+ * -ENOMEM / -EINVAL. One thread uses a ledger at a time.
+ */
+int settle_ledger_create(uint32_t capacity, settle_ledger **out);
+void settle_ledger_destroy(settle_ledger *l);
+
+/* The account, or NULL. The pointer is valid until the next epoch. */
+const struct settle_account *
+settle_ledger_find(const settle_ledger *l, uint64_t id);
+
+uint32_t settle_ledger_count(const settle_ledger *l);
+
+/* Which of nshards owns account id: a fixed hash, the same everywhere. */
+uint32_t settle_shard_of(uint64_t id, uint32_t nshards);
+
+/*
+ * Where the debit phase puts credit legs. The caller routes each to the
+ * shard that owns the account (its own ledger or a ring to another shard).
+ */
+struct settle_credit_sink {
+	void (*put)(void *arg, const struct settle_credit *c);
+	void *arg;
+};
+
+/*
+ * Phase 1 of an epoch on one shard (DESIGN.md "Execution rule"). ops: the
+ * epoch's operations this shard owns (ACCOUNT records for its accounts,
+ * TRANSFER records whose debit account it owns), in LSN order, chains
+ * whole. For each op results[i] receives its result; each accepted
+ * transfer's debit is applied at once and its credit leg goes to sink.
+ * A debit of a nonneg account is checked against its balance at the end of
+ * the previous epoch minus this epoch's debits so far. A linked chain is
+ * all or nothing: its first failing transfer gets its reason, every other
+ * transfer of the chain SETTLE_LINKED_FAILED, and nothing of it is applied.
+ * The sequencer has already refused everything structural; a violation of
+ * that (unknown debit account, an account created twice) is a bug: abort.
+ * Pure: no clock, no I/O, no allocation. Returns the number accepted.
+ */
+uint32_t settle_ledger_debit_phase(settle_ledger *l, const struct settle_op *ops,
+				   uint32_t n, uint8_t *results,
+				   const struct settle_credit_sink *sink);
+
+/* Phase 2: apply credit legs for accounts this shard owns (end of epoch). */
+void settle_ledger_apply_credits(settle_ledger *l, const struct settle_credit *c,
+				 uint32_t n);
+
+/* Walk every account (order unspecified). */
+void settle_ledger_foreach(const settle_ledger *l,
+			   void (*fn)(void *arg, const struct settle_account *a),
+			   void *arg);
+
+/* The ledger's own invariants (table consistent, nonneg accounts not below
+ * zero). Expensive: a walk. */
+bool settle_ledger_valid(const settle_ledger *l);
+
 #endif /* SETTLE_H */

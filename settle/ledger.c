@@ -1,0 +1,272 @@
+/*
+ * ledger.c - the accounts of one shard and the execution of an epoch on
+ * them: a preallocated open-addressing table, the debit phase (checks and
+ * debits in LSN order, linked chains all or nothing, credit legs out) and
+ * the credit phase (legs applied at the end of the epoch).
+ *
+ * Everything here is a pure function of the operations it is given: no
+ * clock, no I/O, no allocation after create. That is what makes the
+ * ledger a function of the log, whatever the number of shards.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dove.h"
+#include "settle.h"
+
+_Static_assert(sizeof(struct settle_account_rec) == 16, "account record");
+_Static_assert(sizeof(struct settle_transfer) == 48, "transfer record");
+_Static_assert(offsetof(struct settle_transfer, code) == 40, "transfer code");
+_Static_assert(sizeof(struct settle_account) == 64, "one account, one line");
+
+struct settle_ledger {
+	struct settle_account *slots;
+	uint64_t mask;     /* slot count - 1 */
+	uint32_t capacity; /* accounts allowed: half the slots */
+	uint32_t count;
+};
+
+static const char *const result_names[SETTLE_RESULT_COUNT] = {
+	[SETTLE_OK] = "ok",
+	[SETTLE_BAD_REQUEST] = "bad_request",
+	[SETTLE_NO_SUCH_ACCOUNT] = "no_such_account",
+	[SETTLE_ACCOUNT_EXISTS] = "account_exists",
+	[SETTLE_ID_CONFLICT] = "id_conflict",
+	[SETTLE_SAME_ACCOUNT] = "same_account",
+	[SETTLE_ZERO_AMOUNT] = "zero_amount",
+	[SETTLE_INSUFFICIENT_FUNDS] = "insufficient_funds",
+	[SETTLE_OVERFLOW] = "overflow",
+	[SETTLE_LINKED_OPEN] = "linked_open",
+	[SETTLE_LINKED_FAILED] = "linked_failed",
+	[SETTLE_LINKED_MULTI_DEBIT] = "linked_multi_debit",
+	[SETTLE_OVERLOADED] = "overloaded",
+	[SETTLE_UNAVAILABLE] = "unavailable",
+};
+
+const char *
+settle_result_name(enum settle_result r)
+{
+	DOVE_ASSERT((unsigned)r < SETTLE_RESULT_COUNT);
+	return result_names[r];
+}
+
+/* splitmix64's finaliser: ids are often sequential; spread them. */
+static inline uint64_t
+mix(uint64_t x)
+{
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ull;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebull;
+	x ^= x >> 31;
+	return x;
+}
+
+uint32_t
+settle_shard_of(uint64_t id, uint32_t nshards)
+{
+	DOVE_ASSERT(nshards >= 1);
+	/* The high bits: the table uses the low ones, so a shard's accounts
+	 * still spread over its whole table. */
+	return (uint32_t)((mix(id) >> 32) % nshards);
+}
+
+int
+settle_ledger_create(uint32_t capacity, settle_ledger **out)
+{
+	if (capacity == 0 || capacity > (1u << 30))
+		return -EINVAL;
+	uint64_t slots = 2;
+	while (slots < 2ull * capacity)
+		slots <<= 1;
+	settle_ledger *l = calloc(1, sizeof(*l));
+	struct settle_account *t = NULL;
+	if (l == NULL ||
+	    posix_memalign((void **)&t, DOVE_CACHELINE, slots * sizeof(*t)) != 0) {
+		free(l);
+		return -ENOMEM;
+	}
+	memset(t, 0, slots * sizeof(*t));
+	l->slots = t;
+	l->mask = slots - 1;
+	l->capacity = capacity;
+	*out = l;
+	return 0;
+}
+
+void
+settle_ledger_destroy(settle_ledger *l)
+{
+	if (l == NULL)
+		return;
+	free(l->slots);
+	free(l);
+}
+
+uint32_t
+settle_ledger_count(const settle_ledger *l)
+{
+	return l->count;
+}
+
+/* The slot holding id, or the empty slot where it would go. */
+static struct settle_account *
+probe(const settle_ledger *l, uint64_t id)
+{
+	DOVE_ASSERT(id != 0);
+	uint64_t i = mix(id) & l->mask;
+	/* At most half full: a probe always ends at an empty slot. */
+	for (;;) {
+		struct settle_account *a = &l->slots[i];
+		if (a->id == id || a->id == 0)
+			return a;
+		i = (i + 1) & l->mask;
+	}
+}
+
+const struct settle_account *
+settle_ledger_find(const settle_ledger *l, uint64_t id)
+{
+	if (id == 0)
+		return NULL;
+	const struct settle_account *a = probe(l, id);
+	return a->id == id ? a : NULL;
+}
+
+static void
+create_account(settle_ledger *l, const struct settle_account_rec *rec)
+{
+	struct settle_account *a = probe(l, rec->id);
+	/* The sequencer refuses existing ids and keeps the count within
+	 * capacity; anything else here means the log and the ledger
+	 * disagree, and running on would be worse than stopping. */
+	DOVE_ASSERT(a->id == 0);
+	DOVE_ASSERT(l->count < l->capacity);
+	DOVE_ASSERT((rec->flags & ~(uint32_t)SETTLE_ACCOUNT_FLAGS_ALL) == 0);
+	memset(a, 0, sizeof(*a));
+	a->id = rec->id;
+	a->flags = rec->flags;
+	l->count++;
+}
+
+/* Can a's balance take a debit of amount now? */
+static bool
+can_debit(const struct settle_account *a, uint64_t amount)
+{
+	if (!(a->flags & SETTLE_ACCOUNT_NONNEG))
+		return true;
+	/* Nonneg: credits_posted >= debits_posted always holds. */
+	DOVE_ASSERT(a->credits_posted >= a->debits_posted);
+	return a->credits_posted - a->debits_posted >= amount;
+}
+
+uint32_t
+settle_ledger_debit_phase(settle_ledger *l, const struct settle_op *ops,
+			  uint32_t n, uint8_t *results,
+			  const struct settle_credit_sink *sink)
+{
+	DOVE_ASSERT(l != NULL && (ops != NULL || n == 0));
+	DOVE_ASSERT(results != NULL && sink != NULL && sink->put != NULL);
+	uint32_t accepted = 0;
+	uint32_t i = 0;
+	while (i < n) {
+		if (i > 0)
+			DOVE_ASSERT(ops[i].lsn > ops[i - 1].lsn);
+		if (ops[i].type == SETTLE_REC_ACCOUNT) {
+			create_account(l, &ops[i].u.account);
+			results[i] = SETTLE_OK;
+			accepted++;
+			i++;
+			continue;
+		}
+		DOVE_ASSERT(ops[i].type == SETTLE_REC_TRANSFER);
+
+		/* A chain: i..end, linked on all but the last. A single
+		 * transfer is a chain of one. */
+		uint32_t end = i;
+		while (ops[end].u.transfer.flags & SETTLE_TRANSFER_LINKED) {
+			end++;
+			/* The sequencer never logs an open chain. */
+			DOVE_ASSERT(end < n);
+			DOVE_ASSERT(ops[end].type == SETTLE_REC_TRANSFER);
+			DOVE_ASSERT(ops[end].lsn == ops[end - 1].lsn + 1);
+		}
+		struct settle_account *a =
+			probe(l, ops[i].u.transfer.debit);
+		DOVE_ASSERT(a->id == ops[i].u.transfer.debit);
+
+		uint32_t failed = UINT32_MAX;
+		for (uint32_t k = i; k <= end; k++) {
+			const struct settle_transfer *t = &ops[k].u.transfer;
+			DOVE_ASSERT(t->debit == a->id);
+			DOVE_ASSERT(t->amount > 0 && t->amount <= SETTLE_AMOUNT_MAX);
+			if (!can_debit(a, t->amount)) {
+				failed = k;
+				break;
+			}
+			a->debits_posted += t->amount; /* tentative in a chain */
+		}
+		if (failed != UINT32_MAX) {
+			/* Undo the chain's debits; nothing of it happened. */
+			for (uint32_t k = i; k < failed; k++)
+				a->debits_posted -= ops[k].u.transfer.amount;
+			for (uint32_t k = i; k <= end; k++)
+				results[k] = k == failed ? SETTLE_INSUFFICIENT_FUNDS
+							 : SETTLE_LINKED_FAILED;
+		} else {
+			for (uint32_t k = i; k <= end; k++) {
+				const struct settle_transfer *t =
+					&ops[k].u.transfer;
+				struct settle_credit c = { t->credit, t->amount };
+				sink->put(sink->arg, &c);
+				results[k] = SETTLE_OK;
+				accepted++;
+			}
+		}
+		i = end + 1;
+	}
+	return accepted;
+}
+
+void
+settle_ledger_apply_credits(settle_ledger *l, const struct settle_credit *c,
+			    uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		struct settle_account *a = probe(l, c[i].account);
+		/* The sequencer checked the credit account exists; it was
+		 * created at an earlier LSN, so by now it is in our table. */
+		DOVE_ASSERT(a->id == c[i].account);
+		DOVE_ASSERT(c[i].amount > 0);
+		a->credits_posted += c[i].amount;
+	}
+}
+
+void
+settle_ledger_foreach(const settle_ledger *l,
+		      void (*fn)(void *arg, const struct settle_account *a),
+		      void *arg)
+{
+	for (uint64_t i = 0; i <= l->mask; i++)
+		if (l->slots[i].id != 0)
+			fn(arg, &l->slots[i]);
+}
+
+bool
+settle_ledger_valid(const settle_ledger *l)
+{
+	uint32_t count = 0;
+	for (uint64_t i = 0; i <= l->mask; i++) {
+		const struct settle_account *a = &l->slots[i];
+		if (a->id == 0)
+			continue;
+		count++;
+		if (probe(l, a->id) != a)
+			return false; /* not findable: table broken */
+		if ((a->flags & SETTLE_ACCOUNT_NONNEG) &&
+		    a->credits_posted < a->debits_posted)
+			return false;
+	}
+	return count == l->count && count <= l->capacity;
+}

@@ -1,0 +1,434 @@
+/*
+ * check_settle.c - the ledger of settle/: the execution rule on small
+ * hand-made epochs, and a deliberately simple reference model of
+ * DESIGN.md's semantics that random workloads (thousands of seeds) are run
+ * through next to the real engine with 1, 2 and 4 shards: every result and
+ * every balance must be identical.
+ */
+#include <check.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "settle.h"
+
+/* ---- an engine of S shards, driven the way the server will drive it ---- */
+
+#define MAX_OPS 512
+#define MAX_SHARDS 4
+
+struct engine {
+	uint32_t nshards;
+	settle_ledger *shard[MAX_SHARDS];
+	struct settle_credit legs[MAX_SHARDS][MAX_OPS];
+	uint32_t nlegs[MAX_SHARDS];
+};
+
+static void
+route_credit(void *arg, const struct settle_credit *c)
+{
+	struct engine *e = arg;
+	uint32_t s = settle_shard_of(c->account, e->nshards);
+	/* Not ck_assert: each is a write(2) to Check's parent. */
+	if (e->nlegs[s] >= MAX_OPS)
+		ck_abort_msg("too many credit legs");
+	e->legs[s][e->nlegs[s]++] = *c;
+}
+
+static void
+engine_init(struct engine *e, uint32_t nshards, uint32_t capacity)
+{
+	memset(e, 0, sizeof(*e));
+	e->nshards = nshards;
+	for (uint32_t s = 0; s < nshards; s++)
+		ck_assert_int_eq(settle_ledger_create(capacity, &e->shard[s]), 0);
+}
+
+static void
+engine_free(struct engine *e)
+{
+	for (uint32_t s = 0; s < e->nshards; s++)
+		settle_ledger_destroy(e->shard[s]);
+}
+
+/* Run one epoch; results[i] for ops[i]. */
+static void
+engine_epoch(struct engine *e, const struct settle_op *ops, uint32_t n,
+	     uint8_t *results)
+{
+	static struct settle_op mine[MAX_SHARDS][MAX_OPS];
+	static uint32_t where[MAX_SHARDS][MAX_OPS];
+	uint32_t count[MAX_SHARDS] = { 0 };
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t key = ops[i].type == SETTLE_REC_ACCOUNT
+				       ? ops[i].u.account.id
+				       : ops[i].u.transfer.debit;
+		uint32_t s = settle_shard_of(key, e->nshards);
+		where[s][count[s]] = i;
+		mine[s][count[s]++] = ops[i];
+	}
+	struct settle_credit_sink sink = { route_credit, e };
+	memset(e->nlegs, 0, sizeof(e->nlegs));
+	for (uint32_t s = 0; s < e->nshards; s++) {
+		uint8_t r[MAX_OPS];
+		settle_ledger_debit_phase(e->shard[s], mine[s], count[s], r,
+					  &sink);
+		for (uint32_t k = 0; k < count[s]; k++)
+			results[where[s][k]] = r[k];
+	}
+	/* The epoch barrier: credits land only now. */
+	for (uint32_t s = 0; s < e->nshards; s++) {
+		settle_ledger_apply_credits(e->shard[s], e->legs[s],
+					    e->nlegs[s]);
+		if (!settle_ledger_valid(e->shard[s]))
+			ck_abort_msg("shard %u invalid after an epoch", s);
+	}
+}
+
+static const struct settle_account *
+engine_find(const struct engine *e, uint64_t id)
+{
+	return settle_ledger_find(e->shard[settle_shard_of(id, e->nshards)],
+				  id);
+}
+
+/* ---- hand-made epochs ------------------------------------------------- */
+
+static struct settle_op
+mkacct(uint64_t lsn, uint64_t id, uint32_t flags)
+{
+	struct settle_op o = { .lsn = lsn, .type = SETTLE_REC_ACCOUNT };
+	o.u.account.id = id;
+	o.u.account.flags = flags;
+	return o;
+}
+
+static struct settle_op
+xfer(uint64_t lsn, uint64_t id, uint64_t debit, uint64_t credit,
+     uint64_t amount, bool linked)
+{
+	struct settle_op o = { .lsn = lsn, .type = SETTLE_REC_TRANSFER };
+	o.u.transfer = (struct settle_transfer){
+		.id = id, .debit = debit, .credit = credit, .amount = amount,
+		.flags = linked ? SETTLE_TRANSFER_LINKED : 0,
+	};
+	return o;
+}
+
+START_TEST(credits_spendable_next_epoch)
+{
+	struct engine e;
+	engine_init(&e, 2, 16);
+	uint8_t r[8];
+	/* Epoch 1: accounts; 1 is a system account (may go negative). */
+	struct settle_op e1[] = { mkacct(1, 1, 0), mkacct(2, 10, SETTLE_ACCOUNT_NONNEG),
+				  mkacct(3, 20, SETTLE_ACCOUNT_NONNEG),
+				  xfer(4, 100, 1, 10, 500, false),
+				  /* 10 has nothing yet: the credit above
+				   * lands at the end of this epoch. */
+				  xfer(5, 101, 10, 20, 100, false) };
+	engine_epoch(&e, e1, 5, r);
+	ck_assert_uint_eq(r[3], SETTLE_OK);
+	ck_assert_uint_eq(r[4], SETTLE_INSUFFICIENT_FUNDS);
+	/* Epoch 2: now it can be spent, exactly up to the balance. */
+	struct settle_op e2[] = { xfer(6, 102, 10, 20, 300, false),
+				  xfer(7, 103, 10, 20, 201, false),
+				  xfer(8, 104, 10, 20, 200, false) };
+	engine_epoch(&e, e2, 3, r);
+	ck_assert_uint_eq(r[0], SETTLE_OK);
+	ck_assert_uint_eq(r[1], SETTLE_INSUFFICIENT_FUNDS);
+	ck_assert_uint_eq(r[2], SETTLE_OK);
+	const struct settle_account *a = engine_find(&e, 10);
+	ck_assert(a->credits_posted == 500 && a->debits_posted == 500);
+	a = engine_find(&e, 1);
+	ck_assert(a->debits_posted == 500 && a->credits_posted == 0);
+	a = engine_find(&e, 20);
+	ck_assert(a->credits_posted == 500);
+	engine_free(&e);
+}
+END_TEST
+
+START_TEST(chain_all_or_nothing)
+{
+	struct engine e;
+	engine_init(&e, 1, 16);
+	uint8_t r[8];
+	struct settle_op e1[] = { mkacct(1, 1, 0), mkacct(2, 30, SETTLE_ACCOUNT_NONNEG),
+				  mkacct(3, 10, 0), xfer(4, 1, 1, 30, 10, false) };
+	engine_epoch(&e, e1, 4, r);
+	/* 30 has 10: a chain of 6 + 5 fails at its second transfer. */
+	struct settle_op e2[] = { xfer(5, 220, 30, 1, 6, true),
+				  xfer(6, 221, 30, 10, 5, false),
+				  xfer(7, 222, 30, 10, 4, true),
+				  xfer(8, 223, 30, 1, 4, false) };
+	engine_epoch(&e, e2, 4, r);
+	ck_assert_uint_eq(r[0], SETTLE_LINKED_FAILED);
+	ck_assert_uint_eq(r[1], SETTLE_INSUFFICIENT_FUNDS);
+	/* The failed chain left nothing behind: 8 of 10 still fit. */
+	ck_assert_uint_eq(r[2], SETTLE_OK);
+	ck_assert_uint_eq(r[3], SETTLE_OK);
+	const struct settle_account *a = engine_find(&e, 30);
+	ck_assert(a->debits_posted == 8 && a->credits_posted == 10);
+	engine_free(&e);
+}
+END_TEST
+
+START_TEST(capacity_and_lookup)
+{
+	settle_ledger *l;
+	ck_assert_int_eq(settle_ledger_create(0, &l), -EINVAL);
+	ck_assert_int_eq(settle_ledger_create(1000, &l), 0);
+	struct settle_op ops[1000];
+	uint8_t r[1000];
+	for (uint32_t i = 0; i < 1000; i++)
+		ops[i] = mkacct(i + 1, (uint64_t)i * 7919 + 1, 0);
+	struct engine dummy;
+	struct settle_credit_sink sink = { route_credit, &dummy };
+	ck_assert_uint_eq(settle_ledger_debit_phase(l, ops, 1000, r, &sink),
+			  1000);
+	ck_assert_uint_eq(settle_ledger_count(l), 1000);
+	for (uint32_t i = 0; i < 1000; i++)
+		ck_assert_ptr_nonnull(settle_ledger_find(l, (uint64_t)i * 7919 + 1));
+	ck_assert_ptr_null(settle_ledger_find(l, 2));
+	ck_assert_ptr_null(settle_ledger_find(l, 0));
+	ck_assert(settle_ledger_valid(l));
+	settle_ledger_destroy(l);
+}
+END_TEST
+
+START_TEST(creating_an_existing_account_aborts)
+{
+	settle_ledger *l;
+	ck_assert_int_eq(settle_ledger_create(4, &l), 0);
+	struct settle_op ops[] = { mkacct(1, 5, 0), mkacct(2, 5, 0) };
+	uint8_t r[2];
+	struct engine dummy;
+	struct settle_credit_sink sink = { route_credit, &dummy };
+	settle_ledger_debit_phase(l, ops, 2, r, &sink);
+}
+END_TEST
+
+START_TEST(result_names)
+{
+	ck_assert_str_eq(settle_result_name(SETTLE_OK), "ok");
+	ck_assert_str_eq(settle_result_name(SETTLE_INSUFFICIENT_FUNDS),
+			 "insufficient_funds");
+	ck_assert_str_eq(settle_result_name(SETTLE_LINKED_MULTI_DEBIT),
+			 "linked_multi_debit");
+	for (int i = 0; i < SETTLE_RESULT_COUNT; i++)
+		ck_assert_ptr_nonnull(settle_result_name((enum settle_result)i));
+}
+END_TEST
+
+/* ---- the reference model ----------------------------------------------- */
+
+/* As plain as it gets: arrays indexed by account id, one pass per epoch,
+ * credits collected in a list and added at the end. */
+#define MODEL_IDS 64
+
+struct model {
+	bool exists[MODEL_IDS];
+	uint32_t flags[MODEL_IDS];
+	settle_u128 debits[MODEL_IDS], credits[MODEL_IDS];
+};
+
+static void
+model_epoch(struct model *m, const struct settle_op *ops, uint32_t n,
+	    uint8_t *results)
+{
+	uint64_t pend_acct[MAX_OPS], pend_amt[MAX_OPS];
+	uint32_t npend = 0;
+	for (uint32_t i = 0; i < n;) {
+		if (ops[i].type == SETTLE_REC_ACCOUNT) {
+			m->exists[ops[i].u.account.id] = true;
+			m->flags[ops[i].u.account.id] = ops[i].u.account.flags;
+			results[i++] = SETTLE_OK;
+			continue;
+		}
+		uint32_t end = i;
+		while (ops[end].u.transfer.flags & SETTLE_TRANSFER_LINKED)
+			end++;
+		uint64_t d = ops[i].u.transfer.debit;
+		/* Available = credits at the end of the previous epoch
+		 * minus every debit so far (this chain's included). */
+		settle_u128 spent = m->debits[d];
+		uint32_t failed = UINT32_MAX;
+		for (uint32_t k = i; k <= end; k++) {
+			spent += ops[k].u.transfer.amount;
+			if ((m->flags[d] & SETTLE_ACCOUNT_NONNEG) &&
+			    spent > m->credits[d]) {
+				failed = k;
+				break;
+			}
+		}
+		for (uint32_t k = i; k <= end; k++) {
+			if (failed == UINT32_MAX) {
+				results[k] = SETTLE_OK;
+				m->debits[d] += ops[k].u.transfer.amount;
+				pend_acct[npend] = ops[k].u.transfer.credit;
+				pend_amt[npend++] = ops[k].u.transfer.amount;
+			} else {
+				results[k] = k == failed
+						     ? SETTLE_INSUFFICIENT_FUNDS
+						     : SETTLE_LINKED_FAILED;
+			}
+		}
+		i = end + 1;
+	}
+	for (uint32_t k = 0; k < npend; k++)
+		m->credits[pend_acct[k]] += pend_amt[k];
+}
+
+/* A random epoch: accounts created as they go, transfers between accounts
+ * that exist by then, chains of 2-3 with one debit, amounts from tiny to
+ * the maximum (so some nonneg debits fail). */
+static uint32_t
+random_epoch(unsigned *seed, const struct model *m, bool *created,
+	     uint64_t *lsn, uint64_t *tid, struct settle_op *ops)
+{
+	uint32_t n = 0, want = (uint32_t)(rand_r(seed) % 60) + 1;
+	uint64_t ids[MODEL_IDS];
+	uint32_t nids = 0;
+	for (uint64_t id = 1; id < MODEL_IDS; id++)
+		if (created[id])
+			ids[nids++] = id;
+	(void)m;
+	while (n < want && n + 3 < MAX_OPS) {
+		int dice = rand_r(seed) % 10;
+		if ((dice == 0 || nids < 2) && nids < MODEL_IDS - 1) {
+			uint64_t id;
+			do
+				id = (uint64_t)(rand_r(seed) % (MODEL_IDS - 1)) + 1;
+			while (created[id]);
+			created[id] = true;
+			ops[n++] = mkacct((*lsn)++, id,
+					rand_r(seed) % 3 ? SETTLE_ACCOUNT_NONNEG : 0);
+			ids[nids++] = id;
+			continue;
+		}
+		if (nids < 2)
+			break;
+		uint64_t debit = ids[rand_r(seed) % nids];
+		uint32_t len = dice < 7 ? 1 : (uint32_t)(rand_r(seed) % 2) + 2;
+		for (uint32_t k = 0; k < len; k++) {
+			uint64_t credit;
+			do
+				credit = ids[rand_r(seed) % nids];
+			while (credit == debit);
+			uint64_t amount;
+			switch (rand_r(seed) % 4) {
+			case 0: amount = (uint64_t)(rand_r(seed) % 10) + 1; break;
+			case 1: amount = (uint64_t)(rand_r(seed) % 1000) + 1; break;
+			case 2: amount = (uint64_t)rand_r(seed) + 1; break;
+			default: amount = SETTLE_AMOUNT_MAX - (uint64_t)(rand_r(seed) % 3);
+			}
+			ops[n++] = xfer((*lsn)++, (*tid)++, debit, credit, amount,
+					k + 1 < len);
+		}
+	}
+	return n;
+}
+
+/* One seed: 30 random epochs through the model and three engines. */
+static void
+run_seed(int seed_no)
+{
+	int _i = seed_no; /* named like Check's loop index in messages */
+	unsigned seed = (unsigned)seed_no * 2654435761u + 1;
+	static const uint32_t shard_counts[] = { 1, 2, 4 };
+	struct model m;
+	memset(&m, 0, sizeof(m));
+	struct engine e[3];
+	for (int k = 0; k < 3; k++)
+		engine_init(&e[k], shard_counts[k], MODEL_IDS);
+	bool created[MODEL_IDS] = { false };
+	uint64_t lsn = 1, tid = 1;
+	struct settle_op ops[MAX_OPS];
+	uint8_t want[MAX_OPS], got[MAX_OPS];
+	for (int epoch = 0; epoch < 30; epoch++) {
+		uint32_t n = random_epoch(&seed, &m, created, &lsn, &tid, ops);
+		model_epoch(&m, ops, n, want);
+		for (int k = 0; k < 3; k++) {
+			engine_epoch(&e[k], ops, n, got);
+			for (uint32_t i = 0; i < n; i++)
+				if (got[i] != want[i])
+					ck_abort_msg("seed %d epoch %d op %u (lsn %llu)"
+						     ", %u shards: engine %s, "
+						     "model %s",
+						     _i, epoch, i,
+						     (unsigned long long)ops[i].lsn,
+						     shard_counts[k],
+						     settle_result_name(got[i]),
+						     settle_result_name(want[i]));
+		}
+	}
+	for (uint64_t id = 1; id < MODEL_IDS; id++) {
+		for (int k = 0; k < 3; k++) {
+			const struct settle_account *a = engine_find(&e[k], id);
+			if (!m.exists[id]) {
+				ck_assert_ptr_null(a);
+				continue;
+			}
+			ck_assert_ptr_nonnull(a);
+			if (a->debits_posted != m.debits[id] ||
+			    a->credits_posted != m.credits[id] ||
+			    a->flags != m.flags[id])
+				ck_abort_msg("seed %d account %llu differs with "
+					     "%u shards",
+					     _i, (unsigned long long)id,
+					     shard_counts[k]);
+		}
+	}
+	/* Money is conserved: total debits == total credits. */
+	settle_u128 d = 0, c = 0;
+	for (uint64_t id = 1; id < MODEL_IDS; id++) {
+		d += m.debits[id];
+		c += m.credits[id];
+	}
+	ck_assert(d == c);
+	for (int k = 0; k < 3; k++)
+		engine_free(&e[k]);
+}
+
+/* Seeds in groups: Check forks a process per test, which would cost more
+ * than the seeds themselves. */
+#define SEEDS_PER_TEST 50
+
+START_TEST(engine_matches_model)
+{
+	for (int k = 0; k < SEEDS_PER_TEST; k++)
+		run_seed(_i * SEEDS_PER_TEST + k);
+}
+END_TEST
+
+static Suite *
+settle_suite(void)
+{
+	Suite *s = suite_create("settle");
+	TCase *tc = tcase_create("ledger");
+	tcase_add_test(tc, credits_spendable_next_epoch);
+	tcase_add_test(tc, chain_all_or_nothing);
+	tcase_add_test(tc, capacity_and_lookup);
+	tcase_add_test_raise_signal(tc, creating_an_existing_account_aborts,
+				    SIGABRT);
+	tcase_add_test(tc, result_names);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("model");
+	tcase_set_timeout(tc, 300);
+	const char *v = getenv("DOVE_MODEL_SEEDS");
+	int seeds = v && *v ? atoi(v) : 3000;
+	tcase_add_loop_test(tc, engine_matches_model, 0,
+			    (seeds + SEEDS_PER_TEST - 1) / SEEDS_PER_TEST);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	return dh_run_suite(settle_suite());
+}
