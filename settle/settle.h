@@ -181,4 +181,77 @@ void settle_ledger_foreach(const settle_ledger *l,
  * zero). Expensive: a walk. */
 bool settle_ledger_valid(const settle_ledger *l);
 
+/* ---- the sequencer's decisions -------------------------------------------- */
+
+/*
+ * The sequencer's two tables (DESIGN.md "Who decides what"): the account
+ * directory (every account ever created, with its flags) and the
+ * idempotency table (every transfer id in the dedup window, a fingerprint
+ * of its fields and its result once known). It refuses, before anything is
+ * logged, what does not depend on balances, and answers repeated ids.
+ * Pure state: no clock, no I/O, no allocation after create. One thread.
+ *
+ * The window is FIFO by first logging: once dedup_window ids are
+ * remembered, logging a new one forgets the oldest resolved one. A client
+ * retrying an id older than the window has it treated as new (and, if the
+ * original was accepted, applied again): retries must come within the
+ * window, which is sized from config (see docs/decisions.md).
+ */
+typedef struct settle_seq settle_seq;
+
+enum settle_seq_verdict {
+	SETTLE_SEQ_LOG,     /* new: append the record; answer after it ran */
+	SETTLE_SEQ_REFUSED, /* answer `result` now; nothing logged or kept */
+	SETTLE_SEQ_DONE,    /* a repeat of a settled id: answer its result */
+	SETTLE_SEQ_PENDING, /* a repeat of an id in flight: answer when it
+			       is resolved (settle_seq_resolve) */
+};
+
+struct settle_seq_answer {
+	enum settle_seq_verdict verdict;
+	enum settle_result result; /* REFUSED, DONE */
+	uint64_t epoch;            /* DONE: the epoch it was settled in */
+};
+
+/* Room for accounts_max accounts and dedup_window transfer ids. Returns 0,
+ * -EINVAL or -ENOMEM. */
+int settle_seq_create(uint32_t accounts_max, uint32_t dedup_window,
+		      settle_seq **out);
+void settle_seq_destroy(settle_seq *q);
+
+/* ACCOUNT: LOG (directory updated: it exists from this request on),
+ * REFUSED account_exists / bad_request (id 0, unknown flags) / overloaded
+ * (directory full). */
+void settle_seq_account(settle_seq *q, const struct settle_account_rec *a,
+			struct settle_seq_answer *ans);
+
+/*
+ * A chain of n transfers (n = 1 for a single one; linked on all but the
+ * last). Either every transfer is LOG, or none is and each answer says why:
+ * structural errors (bad_request, zero_amount, overflow, same_account,
+ * no_such_account) give the first offending transfer its reason and the
+ * rest linked_failed; several debit accounts give every transfer
+ * linked_multi_debit; ids seen before: identical fields -> DONE/PENDING
+ * for all, any difference -> id_conflict for the known ones and
+ * linked_failed for the others (the chain is never half repeated).
+ */
+void settle_seq_chain(settle_seq *q, const struct settle_transfer *t,
+		      uint32_t n, struct settle_seq_answer *ans);
+
+/* A logged transfer's result, from its shard, and the epoch it ran in. */
+void settle_seq_resolve(settle_seq *q, uint64_t id, enum settle_result r,
+			uint64_t epoch);
+
+/* The WAL did not take a logged record (its epoch failed): forget it, so
+ * the id and account id are free again. */
+void settle_seq_unlog_account(settle_seq *q, uint64_t id);
+void settle_seq_unlog_transfer(settle_seq *q, uint64_t id);
+
+/* Does account id exist (flags out, may be NULL)? */
+bool settle_seq_account_flags(const settle_seq *q, uint64_t id,
+			      uint32_t *flags);
+
+uint32_t settle_seq_accounts(const settle_seq *q);
+uint32_t settle_seq_remembered(const settle_seq *q);
+
 #endif /* SETTLE_H */

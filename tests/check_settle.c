@@ -404,6 +404,242 @@ START_TEST(engine_matches_model)
 }
 END_TEST
 
+/* ---- the sequencer ------------------------------------------------------ */
+
+static struct settle_transfer
+tr(uint64_t id, uint64_t debit, uint64_t credit, uint64_t amount, bool linked)
+{
+	return (struct settle_transfer){ .id = id, .debit = debit,
+					 .credit = credit, .amount = amount,
+					 .flags = linked ? SETTLE_TRANSFER_LINKED
+							 : 0 };
+}
+
+static struct settle_seq_answer
+one(settle_seq *q, struct settle_transfer t)
+{
+	struct settle_seq_answer a;
+	settle_seq_chain(q, &t, 1, &a);
+	return a;
+}
+
+static settle_seq *
+seq_with_accounts(uint32_t window)
+{
+	settle_seq *q;
+	ck_assert_int_eq(settle_seq_create(64, window, &q), 0);
+	struct settle_seq_answer a;
+	for (uint64_t id = 1; id <= 30; id++) {
+		struct settle_account_rec r = { id, id >= 10 ? SETTLE_ACCOUNT_NONNEG : 0, 0 };
+		settle_seq_account(q, &r, &a);
+		ck_assert_int_eq(a.verdict, SETTLE_SEQ_LOG);
+	}
+	return q;
+}
+
+START_TEST(seq_refuses_structural)
+{
+	settle_seq *q = seq_with_accounts(100);
+	struct settle_seq_answer a;
+	struct settle_account_rec r = { 1, 0, 0 };
+	settle_seq_account(q, &r, &a);
+	ck_assert_int_eq(a.verdict, SETTLE_SEQ_REFUSED);
+	ck_assert_int_eq(a.result, SETTLE_ACCOUNT_EXISTS);
+	r = (struct settle_account_rec){ 0, 0, 0 };
+	settle_seq_account(q, &r, &a);
+	ck_assert_int_eq(a.result, SETTLE_BAD_REQUEST);
+	r = (struct settle_account_rec){ 99, 0x80, 0 };
+	settle_seq_account(q, &r, &a);
+	ck_assert_int_eq(a.result, SETTLE_BAD_REQUEST);
+	/* Tried: unknown credit, unknown debit, same account, zero amount,
+	 * 2^63 (past BIGINT), id 0. None is remembered. */
+	ck_assert_int_eq(one(q, tr(103, 1, 999, 5, false)).result,
+			 SETTLE_NO_SUCH_ACCOUNT);
+	ck_assert_int_eq(one(q, tr(103, 999, 1, 5, false)).result,
+			 SETTLE_NO_SUCH_ACCOUNT);
+	ck_assert_int_eq(one(q, tr(104, 1, 1, 5, false)).result,
+			 SETTLE_SAME_ACCOUNT);
+	ck_assert_int_eq(one(q, tr(105, 1, 10, 0, false)).result,
+			 SETTLE_ZERO_AMOUNT);
+	ck_assert_int_eq(one(q, tr(106, 1, 10, 9223372036854775808ull, false))
+				 .result,
+			 SETTLE_OVERFLOW);
+	ck_assert_int_eq(one(q, tr(0, 1, 10, 5, false)).result,
+			 SETTLE_BAD_REQUEST);
+	ck_assert_uint_eq(settle_seq_remembered(q), 0);
+	/* Refused ids stay free. */
+	ck_assert_int_eq(one(q, tr(103, 1, 10, 5, false)).verdict,
+			 SETTLE_SEQ_LOG);
+	settle_seq_destroy(q);
+}
+END_TEST
+
+START_TEST(seq_repeats_and_conflicts)
+{
+	settle_seq *q = seq_with_accounts(100);
+	ck_assert_int_eq(one(q, tr(100, 1, 10, 500, false)).verdict,
+			 SETTLE_SEQ_LOG);
+	/* In flight: a repeat waits for it. */
+	ck_assert_int_eq(one(q, tr(100, 1, 10, 500, false)).verdict,
+			 SETTLE_SEQ_PENDING);
+	settle_seq_resolve(q, 100, SETTLE_OK, 7);
+	struct settle_seq_answer a = one(q, tr(100, 1, 10, 500, false));
+	ck_assert_int_eq(a.verdict, SETTLE_SEQ_DONE);
+	ck_assert_int_eq(a.result, SETTLE_OK);
+	ck_assert_uint_eq(a.epoch, 7);
+	/* Tried: same id, amount 501; and same id, another ref. */
+	ck_assert_int_eq(one(q, tr(100, 1, 10, 501, false)).result,
+			 SETTLE_ID_CONFLICT);
+	struct settle_transfer t = tr(100, 1, 10, 500, false);
+	t.ref = 9;
+	ck_assert_int_eq(one(q, t).result, SETTLE_ID_CONFLICT);
+	/* A shard's refusal is the id's result for ever. */
+	ck_assert_int_eq(one(q, tr(101, 10, 1, 600, false)).verdict,
+			 SETTLE_SEQ_LOG);
+	settle_seq_resolve(q, 101, SETTLE_INSUFFICIENT_FUNDS, 8);
+	a = one(q, tr(101, 10, 1, 600, false));
+	ck_assert_int_eq(a.verdict, SETTLE_SEQ_DONE);
+	ck_assert_int_eq(a.result, SETTLE_INSUFFICIENT_FUNDS);
+	settle_seq_destroy(q);
+}
+END_TEST
+
+START_TEST(seq_chains)
+{
+	settle_seq *q = seq_with_accounts(100);
+	struct settle_seq_answer a[3];
+	/* Several debit accounts: all linked_multi_debit, nothing kept. */
+	struct settle_transfer c1[] = { tr(210, 1, 10, 5, true),
+					tr(211, 10, 1, 5, false) };
+	settle_seq_chain(q, c1, 2, a);
+	ck_assert_int_eq(a[0].result, SETTLE_LINKED_MULTI_DEBIT);
+	ck_assert_int_eq(a[1].result, SETTLE_LINKED_MULTI_DEBIT);
+	/* A structural error in the middle: its reason, the rest failed. */
+	struct settle_transfer c2[] = { tr(230, 1, 10, 5, true),
+					tr(231, 1, 999, 5, true),
+					tr(232, 1, 11, 5, false) };
+	settle_seq_chain(q, c2, 3, a);
+	ck_assert_int_eq(a[0].result, SETTLE_LINKED_FAILED);
+	ck_assert_int_eq(a[1].result, SETTLE_NO_SUCH_ACCOUNT);
+	ck_assert_int_eq(a[2].result, SETTLE_LINKED_FAILED);
+	/* Wrong shape (the last is linked): bad_request. */
+	struct settle_transfer c3[] = { tr(240, 1, 10, 5, true),
+					tr(241, 1, 11, 5, true) };
+	settle_seq_chain(q, c3, 2, a);
+	ck_assert_int_eq(a[1].result, SETTLE_BAD_REQUEST);
+	/* The same id twice in one chain. */
+	struct settle_transfer c4[] = { tr(250, 1, 10, 5, true),
+					tr(250, 1, 11, 5, false) };
+	settle_seq_chain(q, c4, 2, a);
+	ck_assert_int_eq(a[1].result, SETTLE_ID_CONFLICT);
+	ck_assert_uint_eq(settle_seq_remembered(q), 0);
+	/* A good chain, resolved, then repeated: the same answers. */
+	struct settle_transfer c5[] = { tr(220, 30, 1, 5, true),
+					tr(221, 30, 10, 5, false) };
+	settle_seq_chain(q, c5, 2, a);
+	ck_assert(a[0].verdict == SETTLE_SEQ_LOG && a[1].verdict == SETTLE_SEQ_LOG);
+	settle_seq_resolve(q, 220, SETTLE_INSUFFICIENT_FUNDS, 9);
+	settle_seq_resolve(q, 221, SETTLE_LINKED_FAILED, 9);
+	settle_seq_chain(q, c5, 2, a);
+	ck_assert(a[0].verdict == SETTLE_SEQ_DONE &&
+		  a[0].result == SETTLE_INSUFFICIENT_FUNDS);
+	ck_assert(a[1].verdict == SETTLE_SEQ_DONE &&
+		  a[1].result == SETTLE_LINKED_FAILED);
+	/* Half known: the known id conflicts, the new one is not logged. */
+	struct settle_transfer c6[] = { tr(220, 30, 1, 5, true),
+					tr(222, 30, 10, 5, false) };
+	settle_seq_chain(q, c6, 2, a);
+	ck_assert_int_eq(a[0].result, SETTLE_ID_CONFLICT);
+	ck_assert_int_eq(a[1].result, SETTLE_LINKED_FAILED);
+	ck_assert_int_eq(one(q, tr(222, 30, 10, 5, false)).verdict,
+			 SETTLE_SEQ_LOG);
+	settle_seq_destroy(q);
+}
+END_TEST
+
+START_TEST(seq_window_and_unlog)
+{
+	settle_seq *q = seq_with_accounts(4);
+	for (uint64_t id = 1; id <= 4; id++) {
+		ck_assert_int_eq(one(q, tr(id, 1, 2, 1, false)).verdict,
+				 SETTLE_SEQ_LOG);
+	}
+	/* Window full of ids in flight: a new one must wait (overloaded). */
+	ck_assert_int_eq(one(q, tr(5, 1, 2, 1, false)).result,
+			 SETTLE_OVERLOADED);
+	for (uint64_t id = 1; id <= 4; id++)
+		settle_seq_resolve(q, id, SETTLE_OK, id);
+	/* Now the oldest is forgotten to make room... */
+	ck_assert_int_eq(one(q, tr(5, 1, 2, 1, false)).verdict, SETTLE_SEQ_LOG);
+	ck_assert_uint_eq(settle_seq_remembered(q), 4);
+	/* ...so id 1, retried after the window, counts as new. */
+	settle_seq_resolve(q, 5, SETTLE_OK, 5);
+	ck_assert_int_eq(one(q, tr(1, 1, 2, 1, false)).verdict, SETTLE_SEQ_LOG);
+	ck_assert_int_eq(one(q, tr(2, 1, 2, 1, false)).verdict, SETTLE_SEQ_LOG);
+	/* Unlogged (the WAL refused the epoch): the id is free again, many
+	 * times over, without the FIFO filling with stale slots. */
+	for (int round = 0; round < 100; round++) {
+		settle_seq_unlog_transfer(q, 2);
+		ck_assert_int_eq(one(q, tr(2, 1, 2, 1, false)).verdict,
+				 SETTLE_SEQ_LOG);
+	}
+	struct settle_seq_answer a;
+	struct settle_account_rec r = { 50, 0, 0 };
+	settle_seq_account(q, &r, &a);
+	ck_assert_int_eq(a.verdict, SETTLE_SEQ_LOG);
+	settle_seq_unlog_account(q, 50);
+	ck_assert(!settle_seq_account_flags(q, 50, NULL));
+	settle_seq_account(q, &r, &a);
+	ck_assert_int_eq(a.verdict, SETTLE_SEQ_LOG);
+	settle_seq_destroy(q);
+}
+END_TEST
+
+/* Backward-shift deletion: random creations and removals against a
+ * plain membership array, in a table kept near its load limit. */
+START_TEST(seq_directory_random_deletes)
+{
+	settle_seq *q;
+	ck_assert_int_eq(settle_seq_create(300, 1, &q), 0);
+	bool in[1024] = { false };
+	uint32_t count = 0;
+	unsigned seed = 5;
+	for (int step = 0; step < 200000; step++) {
+		uint64_t id = (uint64_t)(rand_r(&seed) % 1023) + 1;
+		struct settle_seq_answer a;
+		if (rand_r(&seed) % 2) {
+			struct settle_account_rec r = { id, 0, 0 };
+			settle_seq_account(q, &r, &a);
+			if (in[id]) {
+				if (a.result != SETTLE_ACCOUNT_EXISTS)
+					ck_abort_msg("step %d: %llu exists", step,
+						     (unsigned long long)id);
+			} else if (count == 300) {
+				if (a.result != SETTLE_OVERLOADED)
+					ck_abort_msg("step %d: full", step);
+			} else {
+				if (a.verdict != SETTLE_SEQ_LOG)
+					ck_abort_msg("step %d: refused", step);
+				in[id] = true;
+				count++;
+			}
+		} else {
+			settle_seq_unlog_account(q, id);
+			if (in[id])
+				count--;
+			in[id] = false;
+		}
+		if (step % 1000 == 0)
+			for (uint64_t k = 1; k < 1024; k++)
+				if (settle_seq_account_flags(q, k, NULL) != in[k])
+					ck_abort_msg("step %d: %llu lost", step,
+						     (unsigned long long)k);
+	}
+	ck_assert_uint_eq(settle_seq_accounts(q), count);
+	settle_seq_destroy(q);
+}
+END_TEST
+
 static Suite *
 settle_suite(void)
 {
@@ -415,6 +651,14 @@ settle_suite(void)
 	tcase_add_test_raise_signal(tc, creating_an_existing_account_aborts,
 				    SIGABRT);
 	tcase_add_test(tc, result_names);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("sequencer");
+	tcase_add_test(tc, seq_refuses_structural);
+	tcase_add_test(tc, seq_repeats_and_conflicts);
+	tcase_add_test(tc, seq_chains);
+	tcase_add_test(tc, seq_window_and_unlog);
+	tcase_add_test(tc, seq_directory_random_deletes);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("model");
