@@ -93,4 +93,39 @@ int server_pidfile_open(const char *path, int *fd_out, pid_t *holder);
 /* Unlink path (if it is still ours) and close fd. */
 void server_pidfile_close(const char *path, int fd);
 
+/* ---- line protocol ------------------------------------------------------ */
+
+#include "settle.h"
+
+enum proto_verb {
+	PROTO_BAD = 0, /* unparsable: reply ERR - bad_request */
+	PROTO_PING,
+	PROTO_ACCOUNT,
+	PROTO_TRANSFER,
+	PROTO_BALANCE,
+};
+
+struct proto_request {
+	enum proto_verb verb;
+	struct settle_account_rec account;   /* ACCOUNT */
+	struct settle_transfer transfer;     /* TRANSFER */
+	uint64_t id;                         /* BALANCE; and the id of any */
+};
+
+/*
+ * Parse one line (without its '\n'; a trailing '\r' is ignored) into *r.
+ * Pure; never fails harder than PROTO_BAD. Numbers are unsigned decimal
+ * u64 without sign; ids are not 0; an amount above INT64_MAX parses (the
+ * sequencer answers overflow); code is a u16.
+ */
+void proto_parse(const char *line, size_t len, struct proto_request *r);
+
+/* Reply lines, '\n' included. Each returns its length; buf holds at least
+ * PROTO_REPLY_MAX bytes (BAL with three 39-digit counters is the longest). */
+size_t proto_ok(char *buf, uint64_t id, uint64_t epoch, bool dup);
+size_t proto_err(char *buf, uint64_t id /* 0: "-" */, enum settle_result r);
+size_t proto_bal(char *buf, const struct settle_account *a);
+size_t proto_pong(char *buf);
+#define PROTO_REPLY_MAX 192
+
 #endif /* SERVER_INT_H */
