@@ -16,6 +16,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <urcu/urcu-memb.h>
@@ -59,6 +60,37 @@ static const struct server_config_key keys[] = {
 	  NULL, "4096", F(admin_max_line),
 	  "longest admin command in bytes; a longer line closes that client" },
 
+	{ "ingress", "tcp", SERVER_CFG_ADDR, SERVER_CFG_EMPTY_OK, NOLIM, NULL, "",
+	  F(ingress_tcp),
+	  "line protocol over TCP, host:port (e.g. 127.0.0.1:7070); empty = "
+	  "off. Keep it on loopback: there is no authentication" },
+	{ "ingress", "unix", SERVER_CFG_PATH,
+	  SERVER_CFG_EMPTY_OK | SERVER_CFG_SOCKPATH, NOLIM, NULL,
+	  "data/ingress.sock", F(ingress_unix),
+	  "line protocol over a UNIX socket (mode 0660); empty = off" },
+	{ "ingress", "max_line", SERVER_CFG_INT, SERVER_CFG_LIVE, 64, 65536,
+	  NULL, "1024", F(ingress_max_line),
+	  "longest request line in bytes; a longer one closes that connection "
+	  "(new connections)" },
+	{ "ingress", "max_connections", SERVER_CFG_INT, 0, 1, 65536, NULL,
+	  "1024", F(ingress_max_connections),
+	  "client connections at once; one more is closed at once" },
+	{ "ingress", "pipeline", SERVER_CFG_INT, 0, 1, 65536, NULL, "1024",
+	  F(ingress_pipeline),
+	  "unanswered requests per connection; past it the connection is not "
+	  "read (backpressure)" },
+
+	{ "settle", "shards", SERVER_CFG_INT, 0, 1, 64, NULL, "1", F(settle_shards),
+	  "ledger shards (accounts are split by a hash of their id)" },
+	{ "settle", "accounts_max", SERVER_CFG_INT, 0, 16, 268435456, NULL,
+	  "1048576", F(settle_accounts_max),
+	  "accounts the ledger has room for (preallocated); ACCOUNT beyond it "
+	  "is refused overloaded" },
+	{ "settle", "dedup_window", SERVER_CFG_INT, 0, 16, 268435456, NULL,
+	  "1048576", F(settle_dedup_window),
+	  "transfer ids remembered for idempotent retries (oldest forgotten "
+	  "first); a retry older than this counts as new" },
+
 	{ "wal", "dir", SERVER_CFG_PATH, 0, NOLIM, NULL, "data/wal", F(wal_dir),
 	  "write-ahead log directory (segments wal-<first epoch>.log)" },
 	{ "wal", "segment_mb", SERVER_CFG_INT, 0, 1, 1024, NULL, "64",
@@ -69,9 +101,10 @@ static const struct server_config_key keys[] = {
 	  F(wal_fsync),
 	  "always = fdatasync every epoch before answering; never = "
 	  "benchmarks only (loses acknowledged data on a crash)" },
-	{ "wal", "max_epoch_kb", SERVER_CFG_INT, 0, 16, 65536, NULL, "1024",
+	{ "wal", "max_epoch_kb", SERVER_CFG_INT, 0, 16, 1024, NULL, "1024",
 	  F(wal_max_epoch_kb),
-	  "largest group commit in KiB; appends wait (backpressure) beyond it" },
+	  "largest group commit in KiB (at most 1024: doved holds one epoch's "
+	  "records in memory); appends wait (backpressure) beyond it" },
 	{ "wal", "max_delay_us", SERVER_CFG_INT, 0, 0, 100000, NULL, "0",
 	  F(wal_max_delay_us),
 	  "wait this long for more records before a commit; 0 = commit as "
@@ -130,7 +163,27 @@ field_str(server_config *cfg, size_t i)
 static bool
 is_str_type(enum server_config_type t)
 {
-	return t == SERVER_CFG_PATH;
+	return t == SERVER_CFG_PATH || t == SERVER_CFG_ADDR;
+}
+
+/* "a.b.c.d:port" with port 1..65535. */
+static bool
+addr_valid(const char *v)
+{
+	const char *colon = strrchr(v, ':');
+	if (colon == NULL || colon == v || colon - v >= 16)
+		return false;
+	char host[16];
+	memcpy(host, v, (size_t)(colon - v));
+	host[colon - v] = '\0';
+	struct in_addr a;
+	if (inet_pton(AF_INET, host, &a) != 1)
+		return false;
+	char *end;
+	errno = 0;
+	long port = strtol(colon + 1, &end, 10);
+	return errno == 0 && *end == '\0' && colon[1] != '\0' && port >= 1 &&
+	       port <= 65535;
 }
 
 /* ---- parsing one value ----------------------------------------------- */
@@ -171,6 +224,11 @@ describe_allowed(size_t i, char *buf, size_t size)
 					      c ? "," : "", k->choices[c]);
 		break;
 	}
+	case SERVER_CFG_ADDR:
+		snprintf(buf, size, "%san IPv4 address and port, like "
+			 "127.0.0.1:7070",
+			 (k->flags & SERVER_CFG_EMPTY_OK) ? "empty (off) or " : "");
+		break;
 	case SERVER_CFG_PATH:
 		snprintf(buf, size, "%sa path of at most %zu bytes%s",
 			 (k->flags & SERVER_CFG_EMPTY_OK) ? "empty or " : "",
@@ -239,6 +297,16 @@ parse_value(server_config *cfg, size_t i, const char *v, const char *dir)
 			}
 		}
 		return false;
+	case SERVER_CFG_ADDR: {
+		if (v[0] == '\0' ? !(k->flags & SERVER_CFG_EMPTY_OK)
+				 : !addr_valid(v))
+			return false;
+		char *s = strdup(v);
+		DOVE_ASSERT(s != NULL);
+		free(*field_str(cfg, i));
+		*field_str(cfg, i) = s;
+		return true;
+	}
 	case SERVER_CFG_PATH: {
 		char buf[PATH_MAX];
 		size_t limit = (k->flags & SERVER_CFG_SOCKPATH)
@@ -540,6 +608,7 @@ server_config_format(const server_config *cfg, size_t i, char *buf,
 		n = snprintf(buf, size, "%s", keys[i].choices[*field_i64(c, i)]);
 		break;
 	case SERVER_CFG_PATH:
+	case SERVER_CFG_ADDR:
 		n = snprintf(buf, size, "%s", *field_str(c, i));
 		break;
 	}

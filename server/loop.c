@@ -14,6 +14,8 @@ int
 server_loop_init(struct server_loop *loop)
 {
 	loop->stop = false;
+	loop->before_wait = NULL;
+	loop->before_wait_arg = NULL;
 	loop->epfd = epoll_create1(EPOLL_CLOEXEC);
 	return loop->epfd < 0 ? -errno : 0;
 }
@@ -63,6 +65,8 @@ server_loop_run(struct server_loop *loop)
 	struct epoll_event evs[64];
 
 	while (!loop->stop) {
+		if (loop->before_wait)
+			loop->before_wait(loop->before_wait_arg);
 		int n = epoll_wait(loop->epfd, evs, 64, -1);
 		if (n < 0) {
 			DOVE_ASSERT(errno == EINTR);

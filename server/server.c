@@ -250,9 +250,12 @@ server_run(server_config *cfg)
 	rc = wal_open(&srv);
 	if (rc != 0)
 		goto out_signals;
-	rc = server_admin_open(&srv, &srv.admin);
+	rc = server_core_open(&srv, srv.wal);
 	if (rc != 0)
 		goto out_wal;
+	rc = server_admin_open(&srv, &srv.admin);
+	if (rc != 0)
+		goto out_core;
 
 	DOVE_INFO("doved %s started (pid %ld, config %s)", DOVE_VERSION,
 		  (long)srv.pid, server_config_get()->path);
@@ -260,6 +263,8 @@ server_run(server_config *cfg)
 	status = 0;
 
 	server_admin_close(srv.admin);
+out_core:
+	server_core_close(&srv);
 out_wal:
 	store_wal_close(srv.wal);
 out_signals:

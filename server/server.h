@@ -26,6 +26,7 @@ enum server_config_type {
 	SERVER_CFG_ENUM, /* one of choices[]; stored as its index */
 	SERVER_CFG_MODE, /* octal file mode within [min, max] */
 	SERVER_CFG_PATH, /* resolved against the config file's directory */
+	SERVER_CFG_ADDR, /* IPv4 "host:port", or empty (EMPTY_OK) */
 };
 
 /* Flags of a key. */
@@ -63,6 +64,18 @@ typedef struct server_config {
 	int64_t admin_socket_mode;
 	int64_t admin_max_clients;
 	int64_t admin_max_line;
+
+	/* [ingress] */
+	char *ingress_tcp;  /* "" = no TCP listener */
+	char *ingress_unix; /* "" = no UNIX listener */
+	int64_t ingress_max_line;
+	int64_t ingress_max_connections;
+	int64_t ingress_pipeline;
+
+	/* [settle] */
+	int64_t settle_shards;
+	int64_t settle_accounts_max;
+	int64_t settle_dedup_window;
 
 	/* [wal] */
 	char *wal_dir;

@@ -28,6 +28,10 @@ struct server_ev {
 struct server_loop {
 	int epfd;
 	bool stop; /* set by a handler: run() returns after this round */
+	/* Called once per round, after the handlers, before sleeping: where
+	 * work gathered during the round is batched (WAL appends). */
+	void (*before_wait)(void *arg);
+	void *before_wait_arg;
 };
 
 int server_loop_init(struct server_loop *loop);
@@ -80,6 +84,15 @@ int server_admin_open(struct server *srv, struct server_admin **out);
 
 /* Close every client and the listener, unlink the socket file. */
 void server_admin_close(struct server_admin *adm);
+
+/* ---- settlement core (core.c) ---------------------------------------------- */
+
+struct store_wal;
+/* Open the ingress listeners and the settlement path on srv's loop, with
+ * the published config. Returns 0 or -errno (logged). Main thread. */
+int server_core_open(struct server *srv, struct store_wal *wal);
+/* Stop listening, answer everything in flight, free. */
+void server_core_close(struct server *srv);
 
 /* ---- pid file --------------------------------------------------------- */
 

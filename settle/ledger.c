@@ -81,13 +81,15 @@ settle_ledger_create(uint32_t capacity, settle_ledger **out)
 	while (slots < 2ull * capacity)
 		slots <<= 1;
 	settle_ledger *l = calloc(1, sizeof(*l));
-	struct settle_account *t = NULL;
-	if (l == NULL ||
-	    posix_memalign((void **)&t, DOVE_CACHELINE, slots * sizeof(*t)) != 0) {
+	/* calloc, not memalign + memset: a large calloc is a fresh mmap,
+	 * page-aligned and zeroed lazily, so a ledger sized for millions of
+	 * accounts costs nothing until they exist. */
+	struct settle_account *t = calloc(slots, sizeof(*t));
+	if (l == NULL || t == NULL) {
 		free(l);
+		free(t);
 		return -ENOMEM;
 	}
-	memset(t, 0, slots * sizeof(*t));
 	l->slots = t;
 	l->mask = slots - 1;
 	l->capacity = capacity;

@@ -146,6 +146,17 @@ int store_wal_append(store_wal *w, const struct store_wal_record *recs,
 int store_wal_wait(store_wal *w, uint64_t batch, uint64_t *epoch,
 		   uint64_t *first_lsn);
 
+/*
+ * For event loops: an eventfd (non-blocking, close-on-exec) that becomes
+ * readable after every commit outcome; read it to clear, then ask
+ * store_wal_poll about the batches you wait for. Owned by the WAL.
+ */
+int store_wal_event_fd(store_wal *w);
+
+/* store_wal_wait without waiting: -EAGAIN while batch is not done. */
+int store_wal_poll(store_wal *w, uint64_t batch, uint64_t *epoch,
+		   uint64_t *first_lsn);
+
 /* The newest durable epoch, recovered ones included (0: empty log). Any
  * thread. */
 uint64_t store_wal_durable_epoch(store_wal *w);

@@ -1,0 +1,1003 @@
+/*
+ * core.c - the settlement path inside doved: line-protocol connections
+ * (UNIX and TCP, epoll), the sequencer's decisions, staging into the WAL,
+ * execution of each durable epoch on the ledger shards, and the replies,
+ * in request order per connection.
+ *
+ * Everything here runs on the main loop thread; the WAL's committer is
+ * the only other thread, and it reports through an eventfd. Per round of
+ * the loop, every request read is decided by the sequencer and the
+ * records to log are appended to the WAL in one call; when the WAL says
+ * an epoch is durable, that epoch runs on the shards (the two-phase
+ * execution of settle/) and its requests are answered. Nothing is
+ * answered before its epoch's fdatasync returned.
+ *
+ * Bounds: a connection has at most [ingress] pipeline unanswered requests
+ * and max_line bytes of partial input; the core has at most CORE_RECS
+ * records staged or in flight. At either bound the connection is simply
+ * not read until replies drain (backpressure): nothing is dropped.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <urcu/urcu-memb.h>
+
+#include "dove.h"
+#include "server_int.h"
+#include "store.h"
+
+/* Records staged or in flight. 65536 x 56 bytes of WAL payload is 3.5 MiB,
+ * several epochs' worth at the default max_epoch_kb. */
+#define CORE_RECS 65536
+/* Longest linked chain: an O2O settlement is 2-3 legs; 64 is generous. */
+#define CHAIN_MAX 64
+#define CONN_OUT 65536
+
+enum slot_state {
+	SLOT_READY,   /* reply known */
+	SLOT_WAIT,    /* logged; answered when its epoch has run */
+	SLOT_DUP,     /* repeat of an id in flight: answered when it is */
+	SLOT_BALANCE, /* BALANCE: read when it reaches the head */
+	SLOT_PING,
+};
+
+struct slot {
+	uint8_t state;
+	uint8_t result; /* enum settle_result */
+	bool dup;
+	uint64_t id;    /* 0: ERR prints "-" */
+	uint64_t epoch;
+	struct settle_transfer t; /* SLOT_DUP: what to ask again */
+};
+
+struct conn {
+	struct server_ev ev;
+	struct core *core;
+	uint32_t index, gen;
+	char *in;
+	size_t in_len, in_cap;
+	struct slot *slots;
+	uint64_t slot_head; /* absolute number of the oldest slot */
+	uint32_t slot_len, slot_cap;
+	struct settle_transfer chain[CHAIN_MAX];
+	uint64_t chain_slot[CHAIN_MAX];
+	uint32_t chain_len;
+	bool eof;        /* peer sent EOF: answer what is pending, then close */
+	bool dead;       /* peer gone or a protocol limit: close now */
+	bool paused;     /* not reading: a bound was reached */
+	size_t out_len;
+	char out[CONN_OUT];
+};
+
+/* A record staged or in flight, and whom to answer. */
+struct rec {
+	struct settle_op op;
+	uint32_t conn, gen;
+	uint64_t slot;
+};
+
+struct flight {
+	uint64_t ticket;
+	uint64_t first; /* absolute index into recs */
+	uint32_t count;
+};
+
+struct core {
+	struct server *srv;
+	settle_seq *seq;
+	uint32_t nshards;
+	settle_ledger **shards;
+	store_wal *wal;
+	uint32_t max_epoch_bytes;
+	struct server_ev wal_ev;
+	struct server_ev lis[2]; /* UNIX, TCP */
+	char unix_path[PATH_MAX];
+	uint32_t max_line;
+
+	struct conn **conns;
+	uint32_t max_conns, nconns;
+	uint32_t gen_next;
+
+	struct rec *recs;      /* ring of CORE_RECS */
+	uint64_t rec_head;     /* oldest in flight */
+	uint64_t rec_staged;   /* first not yet appended */
+	uint64_t rec_tail;     /* next free */
+	size_t staged_bytes;
+	struct flight *flights; /* ring of CORE_RECS */
+	uint64_t flight_head, flight_tail;
+	uint32_t dups_waiting;
+
+	/* Execution scratch, sized once. */
+	struct settle_op **shard_ops;
+	uint32_t **shard_where;
+	uint32_t *shard_n;
+	uint8_t *results;
+	struct settle_credit **legs;
+	uint32_t *nlegs;
+	uint8_t *op_results;
+};
+
+static struct core *the_core;
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static struct slot *
+slot_at(struct conn *c, uint64_t abs)
+{
+	DOVE_ASSERT(abs >= c->slot_head && abs < c->slot_head + c->slot_len);
+	return &c->slots[abs % c->slot_cap];
+}
+
+static uint64_t
+slot_push(struct conn *c)
+{
+	DOVE_ASSERT(c->slot_len < c->slot_cap);
+	uint64_t abs = c->slot_head + c->slot_len++;
+	memset(&c->slots[abs % c->slot_cap], 0, sizeof(struct slot));
+	return abs;
+}
+
+static void
+slot_ready(struct slot *s, uint64_t id, enum settle_result r, uint64_t epoch,
+	   bool dup)
+{
+	s->state = SLOT_READY;
+	s->id = id;
+	s->result = (uint8_t)r;
+	s->epoch = epoch;
+	s->dup = dup;
+}
+
+static struct conn *
+conn_get(struct core *k, uint32_t index, uint32_t gen)
+{
+	struct conn *c = index < k->max_conns ? k->conns[index] : NULL;
+	return c != NULL && c->gen == gen ? c : NULL;
+}
+
+static uint32_t
+rec_bytes(const struct settle_op *op)
+{
+	return 8 + (op->type == SETTLE_REC_ACCOUNT
+			    ? (uint32_t)sizeof(struct settle_account_rec)
+			    : (uint32_t)sizeof(struct settle_transfer));
+}
+
+/* Room to stage n more records (and CHAIN_MAX more for a chain)? */
+static bool
+core_room(const struct core *k, uint32_t n)
+{
+	return k->rec_tail - k->rec_head + n <= CORE_RECS &&
+	       k->staged_bytes + (size_t)n * 64 <= k->max_epoch_bytes / 2;
+}
+
+static void
+stage(struct core *k, struct conn *c, uint64_t slot, const struct settle_op *op)
+{
+	DOVE_ASSERT(k->rec_tail - k->rec_head < CORE_RECS);
+	struct rec *r = &k->recs[k->rec_tail++ % CORE_RECS];
+	r->op = *op;
+	r->conn = c->index;
+	r->gen = c->gen;
+	r->slot = slot;
+	k->staged_bytes += rec_bytes(op);
+}
+
+/* ---- requests ----------------------------------------------------------- */
+
+static void
+answer_seq(struct slot *s, uint64_t id, const struct settle_seq_answer *a)
+{
+	switch (a->verdict) {
+	case SETTLE_SEQ_REFUSED:
+		slot_ready(s, id, a->result, 0, false);
+		break;
+	case SETTLE_SEQ_DONE:
+		slot_ready(s, id, a->result, a->epoch, a->result == SETTLE_OK);
+		break;
+	case SETTLE_SEQ_PENDING:
+		s->state = SLOT_DUP;
+		s->id = id;
+		break;
+	case SETTLE_SEQ_LOG:
+		s->state = SLOT_WAIT;
+		s->id = id;
+		break;
+	}
+}
+
+/* Submit the connection's open chain (its last transfer just arrived). */
+static void
+submit_chain(struct core *k, struct conn *c)
+{
+	struct settle_seq_answer ans[CHAIN_MAX];
+	uint32_t n = c->chain_len;
+	settle_seq_chain(k->seq, c->chain, n, ans);
+	for (uint32_t i = 0; i < n; i++) {
+		struct slot *s = slot_at(c, c->chain_slot[i]);
+		answer_seq(s, c->chain[i].id, &ans[i]);
+		if (ans[i].verdict == SETTLE_SEQ_PENDING) {
+			s->t = c->chain[i];
+			k->dups_waiting++;
+		}
+		if (ans[i].verdict == SETTLE_SEQ_LOG) {
+			struct settle_op op = { .type = SETTLE_REC_TRANSFER };
+			op.u.transfer = c->chain[i];
+			stage(k, c, c->chain_slot[i], &op);
+		}
+	}
+	c->chain_len = 0;
+}
+
+/* A chain left open by a line that is not its next transfer: refuse it. */
+static void
+refuse_open_chain(struct conn *c)
+{
+	for (uint32_t i = 0; i < c->chain_len; i++)
+		slot_ready(slot_at(c, c->chain_slot[i]), c->chain[i].id,
+			   SETTLE_LINKED_OPEN, 0, false);
+	c->chain_len = 0;
+}
+
+static void
+handle_line(struct core *k, struct conn *c, const char *line, size_t len)
+{
+	struct proto_request r;
+	proto_parse(line, len, &r);
+	if (r.verb != PROTO_TRANSFER && c->chain_len > 0)
+		refuse_open_chain(c);
+	uint64_t abs = slot_push(c);
+	struct slot *s = slot_at(c, abs);
+	switch (r.verb) {
+	case PROTO_BAD:
+		slot_ready(s, 0, SETTLE_BAD_REQUEST, 0, false);
+		break;
+	case PROTO_PING:
+		s->state = SLOT_PING;
+		break;
+	case PROTO_BALANCE:
+		s->state = SLOT_BALANCE;
+		s->id = r.id;
+		break;
+	case PROTO_ACCOUNT: {
+		struct settle_seq_answer a;
+		settle_seq_account(k->seq, &r.account, &a);
+		answer_seq(s, r.account.id, &a);
+		if (a.verdict == SETTLE_SEQ_LOG) {
+			struct settle_op op = { .type = SETTLE_REC_ACCOUNT };
+			op.u.account = r.account;
+			stage(k, c, abs, &op);
+		}
+		break;
+	}
+	case PROTO_TRANSFER:
+		if (c->chain_len == CHAIN_MAX) {
+			refuse_open_chain(c);
+			slot_ready(s, r.id, SETTLE_LINKED_OPEN, 0, false);
+			break;
+		}
+		s->state = SLOT_WAIT; /* decided when its chain is complete */
+		s->id = r.id;
+		c->chain[c->chain_len] = r.transfer;
+		c->chain_slot[c->chain_len++] = abs;
+		if (!(r.transfer.flags & SETTLE_TRANSFER_LINKED))
+			submit_chain(k, c);
+		break;
+	}
+}
+
+static void conn_close(struct conn *c);
+static void conn_want(struct conn *c);
+
+/* Process complete lines in c's input while there is room. */
+static void
+conn_process(struct core *k, struct conn *c)
+{
+	size_t start = 0;
+	char *nl;
+	while (!c->dead &&
+	       (nl = memchr(c->in + start, '\n', c->in_len - start)) != NULL) {
+		/* Room for one more reply, and for a whole chain of records. */
+		if (c->slot_len == c->slot_cap || !core_room(k, CHAIN_MAX)) {
+			c->paused = true;
+			break;
+		}
+		size_t len = (size_t)(nl - (c->in + start));
+		handle_line(k, c, c->in + start, len);
+		start += len + 1;
+	}
+	memmove(c->in, c->in + start, c->in_len - start);
+	c->in_len -= start;
+	if (start > 0 && c->slot_len < c->slot_cap && core_room(k, CHAIN_MAX))
+		c->paused = false;
+}
+
+/* ---- replies -------------------------------------------------------------- */
+
+static size_t
+format_slot(struct core *k, const struct slot *s, char *buf)
+{
+	switch (s->state) {
+	case SLOT_PING:
+		return proto_pong(buf);
+	case SLOT_BALANCE: {
+		uint32_t sh = settle_shard_of(s->id, k->nshards);
+		const struct settle_account *a =
+			settle_ledger_find(k->shards[sh], s->id);
+		return a ? proto_bal(buf, a)
+			 : proto_err(buf, s->id, SETTLE_NO_SUCH_ACCOUNT);
+	}
+	case SLOT_READY:
+		return s->result == SETTLE_OK
+			       ? proto_ok(buf, s->id, s->epoch, s->dup)
+			       : proto_err(buf, s->id,
+					   (enum settle_result)s->result);
+	default:
+		DOVE_ASSERT(!"format of an unanswered slot");
+		return 0;
+	}
+}
+
+/* Move answered head slots into the output buffer and send. */
+static void
+conn_flush(struct conn *c)
+{
+	struct core *k = c->core;
+	while (c->slot_len > 0) {
+		struct slot *s = slot_at(c, c->slot_head);
+		if (s->state == SLOT_WAIT || s->state == SLOT_DUP)
+			break;
+		if (c->out_len + PROTO_REPLY_MAX > sizeof(c->out))
+			break;
+		c->out_len += format_slot(k, s, c->out + c->out_len);
+		c->slot_head++;
+		c->slot_len--;
+	}
+	size_t off = 0;
+	while (off < c->out_len) {
+		ssize_t n = send(c->ev.fd, c->out + off, c->out_len - off,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			break;
+		if (n <= 0) {
+			/* Gone: nothing to answer any more. Its logged
+			 * requests still run; their replies are dropped. */
+			c->dead = true;
+			c->out_len = 0;
+			off = 0;
+			break;
+		}
+		off += (size_t)n;
+	}
+	memmove(c->out, c->out + off, c->out_len - off);
+	c->out_len -= off;
+	if (c->paused && c->slot_len < c->slot_cap && c->in_len > 0)
+		conn_process(k, c);
+	conn_want(c);
+}
+
+/* ---- connections ----------------------------------------------------------- */
+
+static void
+conn_want(struct conn *c)
+{
+	if (c->dead || (c->eof && c->slot_len == 0 && c->out_len == 0)) {
+		conn_close(c);
+		return;
+	}
+	uint32_t ev = 0;
+	if (!c->paused && !c->eof)
+		ev |= EPOLLIN;
+	if (c->out_len > 0)
+		ev |= EPOLLOUT;
+	server_loop_mod(&c->core->srv->loop, &c->ev, ev);
+}
+
+static void
+conn_read(struct conn *c)
+{
+	struct core *k = c->core;
+	for (;;) {
+		if (c->in_len == c->in_cap) {
+			if (memchr(c->in, '\n', c->in_len) == NULL) {
+				DOVE_WARN("ingress: line over max_line (%zu "
+					  "bytes); closing that connection",
+					  c->in_cap - 1);
+				c->dead = true;
+				return;
+			}
+			return; /* paused with full lines waiting */
+		}
+		ssize_t n = recv(c->ev.fd, c->in + c->in_len, c->in_cap - c->in_len,
+				 MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return;
+		if (n < 0) {
+			c->dead = true; /* reset: nobody to answer */
+			return;
+		}
+		if (n == 0) {
+			/* EOF (maybe mid-line, maybe mid-chain): everything
+			 * complete is still answered; the partial line is
+			 * dropped and an open chain is refused, never
+			 * applied. */
+			c->eof = true;
+			refuse_open_chain(c);
+			return;
+		}
+		c->in_len += (size_t)n;
+		conn_process(k, c);
+		if (c->paused)
+			return;
+	}
+}
+
+static void
+on_conn(struct server_ev *ev, uint32_t events)
+{
+	struct conn *c = (struct conn *)ev;
+	if ((events & EPOLLIN) && !c->eof && !c->dead)
+		conn_read(c);
+	/* Hung up both ways, or an error: replies cannot arrive. (A
+	 * half-close is EOF on read, handled above.) */
+	if ((events & (EPOLLERR | EPOLLHUP)) && !(events & EPOLLIN))
+		c->dead = true;
+	conn_flush(c); /* may close c */
+}
+
+static void
+conn_close(struct conn *c)
+{
+	struct core *k = c->core;
+	/* Slots still waiting on the log belong to nobody now; their
+	 * records run anyway and the results are dropped by generation. */
+	for (uint64_t a = c->slot_head; a < c->slot_head + c->slot_len; a++)
+		if (slot_at(c, a)->state == SLOT_DUP)
+			k->dups_waiting--;
+	server_loop_del(&k->srv->loop, &c->ev);
+	close(c->ev.fd);
+	k->conns[c->index] = NULL;
+	k->nconns--;
+	free(c->in);
+	free(c->slots);
+	free(c);
+}
+
+static void
+on_accept(struct server_ev *ev, uint32_t events)
+{
+	struct core *k = the_core;
+	(void)events;
+	for (;;) {
+		int fd = accept4(ev->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno != EAGAIN)
+				DOVE_WARN("ingress accept: %s", dove_strerror(-errno));
+			return;
+		}
+		uint32_t index = k->max_conns;
+		if (k->nconns < k->max_conns)
+			for (index = 0; k->conns[index] != NULL; index++)
+				;
+		if (index == k->max_conns) {
+			close(fd); /* max_connections: refused at once */
+			continue;
+		}
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		struct conn *c = calloc(1, sizeof(*c));
+		uint32_t pipeline;
+		urcu_memb_read_lock();
+		pipeline = (uint32_t)server_config_get()->ingress_pipeline;
+		c->in_cap = (size_t)server_config_get()->ingress_max_line + 1;
+		urcu_memb_read_unlock();
+		c->in = malloc(c->in_cap);
+		c->slots = calloc(pipeline, sizeof(struct slot));
+		DOVE_ASSERT(c->in != NULL && c->slots != NULL);
+		c->slot_cap = pipeline;
+		c->ev.fd = fd;
+		c->ev.fn = on_conn;
+		c->core = k;
+		c->index = index;
+		c->gen = ++k->gen_next;
+		k->conns[index] = c;
+		k->nconns++;
+		int rc = server_loop_add(&k->srv->loop, &c->ev, EPOLLIN);
+		DOVE_ASSERT(rc == 0);
+	}
+}
+
+/* ---- epochs ------------------------------------------------------------------ */
+
+static void
+route_credit(void *arg, const struct settle_credit *cr)
+{
+	struct core *k = arg;
+	uint32_t s = settle_shard_of(cr->account, k->nshards);
+	k->legs[s][k->nlegs[s]++] = *cr;
+}
+
+/* Run the records [first, first + count) as epoch `epoch`. */
+static void
+run_epoch(struct core *k, uint64_t first, uint32_t count, uint64_t epoch,
+	  uint64_t first_lsn)
+{
+	memset(k->shard_n, 0, k->nshards * sizeof(uint32_t));
+	memset(k->nlegs, 0, k->nshards * sizeof(uint32_t));
+	for (uint32_t i = 0; i < count; i++) {
+		struct rec *r = &k->recs[(first + i) % CORE_RECS];
+		r->op.lsn = first_lsn + i;
+		uint64_t key = r->op.type == SETTLE_REC_ACCOUNT
+				       ? r->op.u.account.id
+				       : r->op.u.transfer.debit;
+		uint32_t s = settle_shard_of(key, k->nshards);
+		k->shard_where[s][k->shard_n[s]] = i;
+		k->shard_ops[s][k->shard_n[s]++] = r->op;
+	}
+	struct settle_credit_sink sink = { route_credit, k };
+	for (uint32_t s = 0; s < k->nshards; s++) {
+		settle_ledger_debit_phase(k->shards[s], k->shard_ops[s],
+					  k->shard_n[s], k->op_results, &sink);
+		for (uint32_t j = 0; j < k->shard_n[s]; j++)
+			k->results[k->shard_where[s][j]] = k->op_results[j];
+	}
+	/* The epoch barrier: every credit of the epoch lands now. */
+	for (uint32_t s = 0; s < k->nshards; s++) {
+		settle_ledger_apply_credits(k->shards[s], k->legs[s], k->nlegs[s]);
+		DOVE_ASSERT_DEBUG(settle_ledger_valid(k->shards[s]));
+	}
+	for (uint32_t i = 0; i < count; i++) {
+		struct rec *r = &k->recs[(first + i) % CORE_RECS];
+		enum settle_result res = (enum settle_result)k->results[i];
+		uint64_t id;
+		if (r->op.type == SETTLE_REC_TRANSFER) {
+			id = r->op.u.transfer.id;
+			settle_seq_resolve(k->seq, id, res, epoch);
+		} else {
+			id = r->op.u.account.id;
+		}
+		struct conn *c = conn_get(k, r->conn, r->gen);
+		if (c != NULL && r->slot >= c->slot_head)
+			slot_ready(slot_at(c, r->slot), id, res, epoch, false);
+	}
+}
+
+/* The WAL refused an epoch: its requests are answered unavailable and
+ * forgotten, so their ids are free again. */
+static void
+fail_records(struct core *k, uint64_t first, uint32_t count)
+{
+	for (uint32_t i = 0; i < count; i++) {
+		struct rec *r = &k->recs[(first + i) % CORE_RECS];
+		uint64_t id;
+		if (r->op.type == SETTLE_REC_TRANSFER) {
+			id = r->op.u.transfer.id;
+			settle_seq_unlog_transfer(k->seq, id);
+		} else {
+			id = r->op.u.account.id;
+			settle_seq_unlog_account(k->seq, id);
+		}
+		struct conn *c = conn_get(k, r->conn, r->gen);
+		if (c != NULL && r->slot >= c->slot_head)
+			slot_ready(slot_at(c, r->slot), id, SETTLE_UNAVAILABLE,
+				   0, false);
+	}
+}
+
+/* Dups waiting for an original: ask again now that epochs have run. */
+static void
+recheck_dups(struct core *k)
+{
+	for (uint32_t i = 0; i < k->max_conns && k->dups_waiting > 0; i++) {
+		struct conn *c = k->conns[i];
+		if (c == NULL)
+			continue;
+		for (uint64_t a = c->slot_head; a < c->slot_head + c->slot_len;
+		     a++) {
+			struct slot *s = slot_at(c, a);
+			if (s->state != SLOT_DUP)
+				continue;
+			struct settle_seq_answer ans;
+			settle_seq_chain(k->seq, &s->t, 1, &ans);
+			if (ans.verdict == SETTLE_SEQ_PENDING)
+				continue;
+			k->dups_waiting--;
+			if (ans.verdict == SETTLE_SEQ_DONE)
+				slot_ready(s, s->id, ans.result, ans.epoch,
+					   ans.result == SETTLE_OK);
+			else /* forgotten (its epoch failed): unavailable */
+				slot_ready(s, s->id, SETTLE_UNAVAILABLE, 0, false);
+		}
+	}
+}
+
+static void
+flush_all(struct core *k)
+{
+	for (uint32_t i = 0; i < k->max_conns; i++)
+		if (k->conns[i] != NULL)
+			conn_flush(k->conns[i]);
+}
+
+/* Run or fail every finished flight, oldest first. */
+static void
+drain_flights(struct core *k)
+{
+	bool ran = false;
+	while (k->flight_head < k->flight_tail) {
+		struct flight *f = &k->flights[k->flight_head % CORE_RECS];
+		if (f->ticket != 0) { /* 0: an append that failed, answered */
+			uint64_t epoch, first_lsn;
+			int rc = store_wal_poll(k->wal, f->ticket, &epoch,
+						&first_lsn);
+			if (rc == -EAGAIN)
+				break;
+			if (rc == 0)
+				run_epoch(k, f->first, f->count, epoch,
+					  first_lsn);
+			else
+				fail_records(k, f->first, f->count);
+		}
+		DOVE_ASSERT(f->first == k->rec_head);
+		k->rec_head += f->count;
+		k->flight_head++;
+		ran = true;
+	}
+	if (ran) {
+		if (k->dups_waiting > 0)
+			recheck_dups(k);
+		flush_all(k);
+	}
+}
+
+static void
+on_wal(struct server_ev *ev, uint32_t events)
+{
+	uint64_t v;
+	(void)events;
+	ssize_t rd = read(ev->fd, &v, sizeof(v)); /* clear the eventfd */
+	(void)rd;
+	drain_flights(the_core);
+}
+
+/* Before the loop sleeps: append what this round staged, in one call. */
+static void
+core_before_wait(void *arg)
+{
+	struct core *k = arg;
+	uint32_t n = (uint32_t)(k->rec_tail - k->rec_staged);
+	if (n == 0)
+		return;
+	struct store_wal_record *wr = malloc(n * sizeof(*wr));
+	DOVE_ASSERT(wr != NULL); /* per round, not per message */
+	for (uint32_t i = 0; i < n; i++) {
+		struct rec *r = &k->recs[(k->rec_staged + i) % CORE_RECS];
+		wr[i].type = r->op.type;
+		if (r->op.type == SETTLE_REC_ACCOUNT) {
+			wr[i].len = sizeof(r->op.u.account);
+			wr[i].data = &r->op.u.account;
+		} else {
+			wr[i].len = sizeof(r->op.u.transfer);
+			wr[i].data = &r->op.u.transfer;
+		}
+	}
+	uint64_t ticket;
+	int rc = store_wal_append(k->wal, wr, n, &ticket);
+	free(wr);
+	struct flight *last = k->flight_tail > k->flight_head
+				      ? &k->flights[(k->flight_tail - 1) %
+						    CORE_RECS]
+				      : NULL;
+	if (rc != 0) {
+		DOVE_ERROR("wal append: %s; answering unavailable",
+			   dove_strerror(rc));
+		fail_records(k, k->rec_staged, n);
+		ticket = 0; /* a flight that is already answered */
+	}
+	if (rc == 0 && last != NULL && last->ticket == ticket) {
+		last->count += n; /* same open epoch as the previous round */
+	} else {
+		struct flight *f = &k->flights[k->flight_tail++ % CORE_RECS];
+		f->ticket = ticket;
+		f->first = k->rec_staged;
+		f->count = n;
+	}
+	k->rec_staged += n;
+	k->staged_bytes = 0;
+	if (rc != 0)
+		drain_flights(k);
+	/* Replies that need no log (refusals, dups, PING) go out now. */
+	flush_all(k);
+}
+
+/* ---- recovery: replay the log ----------------------------------------------- */
+
+struct replay {
+	struct core *k;
+	uint64_t transfers, accounts;
+	char err[256];
+};
+
+/*
+ * One logged epoch, again: the sequencer decides each record exactly as it
+ * did (it must say LOG; anything else means the log and this code
+ * disagree, and starting would serve a wrong ledger), then the epoch runs
+ * on the shards. Nobody is answered.
+ */
+static int
+replay_epoch(void *arg, const struct store_wal_epoch *ep)
+{
+	struct replay *rp = arg;
+	struct core *k = rp->k;
+	DOVE_ASSERT(k->rec_head == k->rec_tail);
+	if (ep->count > CORE_RECS) {
+		snprintf(rp->err, sizeof(rp->err),
+			 "epoch %llu has %u records, more than %u",
+			 (unsigned long long)ep->epoch, ep->count, CORE_RECS);
+		return -DOVE_ECORRUPT;
+	}
+	size_t off = 0;
+	struct store_wal_record wr;
+	uint64_t first = k->rec_tail;
+	struct settle_transfer chain[CHAIN_MAX];
+	uint32_t chain_len = 0;
+	while (store_wal_record_next(ep, &off, &wr)) {
+		struct rec *r = &k->recs[k->rec_tail++ % CORE_RECS];
+		memset(r, 0, sizeof(*r));
+		r->conn = UINT32_MAX; /* nobody to answer */
+		r->op.type = wr.type;
+		struct settle_seq_answer ans[CHAIN_MAX];
+		if (wr.type == SETTLE_REC_ACCOUNT &&
+		    wr.len == sizeof(r->op.u.account)) {
+			memcpy(&r->op.u.account, wr.data, wr.len);
+			settle_seq_account(k->seq, &r->op.u.account, ans);
+			rp->accounts++;
+			if (ans[0].verdict != SETTLE_SEQ_LOG)
+				goto disagree;
+		} else if (wr.type == SETTLE_REC_TRANSFER &&
+			   wr.len == sizeof(r->op.u.transfer) &&
+			   chain_len < CHAIN_MAX) {
+			memcpy(&r->op.u.transfer, wr.data, wr.len);
+			chain[chain_len++] = r->op.u.transfer;
+			rp->transfers++;
+			if (r->op.u.transfer.flags & SETTLE_TRANSFER_LINKED)
+				continue;
+			settle_seq_chain(k->seq, chain, chain_len, ans);
+			for (uint32_t i = 0; i < chain_len; i++)
+				if (ans[i].verdict != SETTLE_SEQ_LOG)
+					goto disagree;
+			chain_len = 0;
+		} else {
+			snprintf(rp->err, sizeof(rp->err),
+				 "epoch %llu: unknown record type %u (len %u)",
+				 (unsigned long long)ep->epoch, wr.type, wr.len);
+			return -DOVE_ECORRUPT;
+		}
+	}
+	if (chain_len != 0) {
+		snprintf(rp->err, sizeof(rp->err), "epoch %llu ends in an open "
+			 "chain", (unsigned long long)ep->epoch);
+		return -DOVE_ECORRUPT;
+	}
+	run_epoch(k, first, ep->count, ep->epoch, ep->first_lsn);
+	k->rec_head = k->rec_staged = k->rec_tail;
+	return 0;
+
+disagree:
+	snprintf(rp->err, sizeof(rp->err),
+		 "epoch %llu: the sequencer refuses a logged record on replay",
+		 (unsigned long long)ep->epoch);
+	return -DOVE_ECORRUPT;
+}
+
+/* ---- listeners, start and stop ------------------------------------------------ */
+
+static int
+listen_unix(struct core *k, const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	DOVE_ASSERT(strlen(path) < sizeof(sa.sun_path)); /* config checked */
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	unlink(path); /* the pid-file lock says no other doved uses it */
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    chmod(path, 0660) < 0 || listen(fd, 1024) < 0) {
+		int rc = -errno;
+		close(fd);
+		return rc;
+	}
+	snprintf(k->unix_path, sizeof(k->unix_path), "%s", path);
+	return fd;
+}
+
+static int
+listen_tcp(const char *addr)
+{
+	char host[32];
+	const char *colon = strrchr(addr, ':');
+	snprintf(host, sizeof(host), "%.*s", (int)(colon - addr), addr);
+	struct sockaddr_in sa = { .sin_family = AF_INET,
+				  .sin_port = htons((uint16_t)atoi(colon + 1)) };
+	inet_pton(AF_INET, host, &sa.sin_addr); /* config checked */
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	int one = 1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    listen(fd, 1024) < 0) {
+		int rc = -errno;
+		close(fd);
+		return rc;
+	}
+	return fd;
+}
+
+static void *
+xcalloc(size_t n, size_t size)
+{
+	void *p = calloc(n, size);
+	DOVE_ASSERT(p != NULL); /* start-up: no memory, no server */
+	return p;
+}
+
+int
+server_core_open(struct server *srv, store_wal *wal)
+{
+	const server_config *cfg = server_config_get(); /* main thread */
+	struct core *k = xcalloc(1, sizeof(*k));
+	k->srv = srv;
+	k->wal = wal;
+	k->max_epoch_bytes = (uint32_t)cfg->wal_max_epoch_kb << 10;
+	k->nshards = (uint32_t)cfg->settle_shards;
+	k->max_conns = (uint32_t)cfg->ingress_max_connections;
+	int rc = settle_seq_create((uint32_t)cfg->settle_accounts_max,
+				   (uint32_t)cfg->settle_dedup_window, &k->seq);
+	if (rc != 0) {
+		DOVE_ERROR("sequencer: %s", dove_strerror(rc));
+		free(k);
+		return rc;
+	}
+	k->shards = xcalloc(k->nshards, sizeof(*k->shards));
+	k->shard_ops = xcalloc(k->nshards, sizeof(*k->shard_ops));
+	k->shard_where = xcalloc(k->nshards, sizeof(*k->shard_where));
+	k->legs = xcalloc(k->nshards, sizeof(*k->legs));
+	k->shard_n = xcalloc(k->nshards, sizeof(uint32_t));
+	k->nlegs = xcalloc(k->nshards, sizeof(uint32_t));
+	for (uint32_t s = 0; s < k->nshards; s++) {
+		/* Each shard has room for every account: the hash spreads
+		 * them, but nothing bounds one shard's share tighter. */
+		rc = settle_ledger_create((uint32_t)cfg->settle_accounts_max,
+					  &k->shards[s]);
+		if (rc != 0) {
+			DOVE_ERROR("ledger: %s", dove_strerror(rc));
+			return rc;
+		}
+		k->shard_ops[s] = xcalloc(CORE_RECS, sizeof(struct settle_op));
+		k->shard_where[s] = xcalloc(CORE_RECS, sizeof(uint32_t));
+		k->legs[s] = xcalloc(CORE_RECS, sizeof(struct settle_credit));
+	}
+	k->results = xcalloc(CORE_RECS, 1);
+	k->op_results = xcalloc(CORE_RECS, 1);
+	k->recs = xcalloc(CORE_RECS, sizeof(struct rec));
+	k->flights = xcalloc(CORE_RECS, sizeof(struct flight));
+	k->conns = xcalloc(k->max_conns, sizeof(struct conn *));
+	the_core = k;
+
+	/* The ledger is a pure function of the log: rebuild it. */
+	struct replay rp = { .k = k };
+	struct store_wal_scan scan;
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s", cfg->wal_dir);
+	rc = store_wal_scan(dir, 1, replay_epoch, &rp, &scan);
+	if (rc != 0) {
+		DOVE_ERROR("replay of %s failed: %s", dir,
+			   rp.err[0] ? rp.err : scan.reason);
+		return rc < 0 ? rc : -DOVE_ECORRUPT;
+	}
+	if (scan.epochs > 0)
+		DOVE_INFO("replayed %llu epochs: %llu accounts, %llu transfers",
+			  (unsigned long long)scan.epochs,
+			  (unsigned long long)rp.accounts,
+			  (unsigned long long)rp.transfers);
+
+	k->wal_ev.fd = store_wal_event_fd(wal);
+	k->wal_ev.fn = on_wal;
+	rc = server_loop_add(&srv->loop, &k->wal_ev, EPOLLIN);
+	DOVE_ASSERT(rc == 0);
+	srv->loop.before_wait = core_before_wait;
+	srv->loop.before_wait_arg = k;
+
+	k->lis[0].fd = k->lis[1].fd = -1;
+	if (cfg->ingress_unix[0]) {
+		int fd = listen_unix(k, cfg->ingress_unix);
+		if (fd < 0) {
+			DOVE_ERROR("ingress %s: %s", cfg->ingress_unix,
+				   dove_strerror(fd));
+			return fd;
+		}
+		k->lis[0] = (struct server_ev){ fd, on_accept };
+		server_loop_add(&srv->loop, &k->lis[0], EPOLLIN);
+		DOVE_INFO("ingress listening on %s", cfg->ingress_unix);
+	}
+	if (cfg->ingress_tcp[0]) {
+		int fd = listen_tcp(cfg->ingress_tcp);
+		if (fd < 0) {
+			DOVE_ERROR("ingress %s: %s", cfg->ingress_tcp,
+				   dove_strerror(fd));
+			return fd;
+		}
+		k->lis[1] = (struct server_ev){ fd, on_accept };
+		server_loop_add(&srv->loop, &k->lis[1], EPOLLIN);
+		DOVE_INFO("ingress listening on tcp %s", cfg->ingress_tcp);
+	}
+	return 0;
+}
+
+/* Stop taking requests, answer everything in flight, close. */
+void
+server_core_close(struct server *srv)
+{
+	struct core *k = the_core;
+	if (k == NULL)
+		return;
+	for (int i = 0; i < 2; i++) {
+		if (k->lis[i].fd >= 0) {
+			server_loop_del(&srv->loop, &k->lis[i]);
+			close(k->lis[i].fd);
+		}
+	}
+	if (k->unix_path[0])
+		unlink(k->unix_path);
+	/* Drain: append what is staged, wait for every epoch, answer. */
+	core_before_wait(k);
+	while (k->flight_head < k->flight_tail) {
+		struct flight *f = &k->flights[k->flight_head % CORE_RECS];
+		if (f->ticket != 0)
+			store_wal_wait(k->wal, f->ticket, NULL, NULL);
+		drain_flights(k);
+	}
+	flush_all(k);
+	for (uint32_t i = 0; i < k->max_conns; i++)
+		if (k->conns[i] != NULL)
+			conn_close(k->conns[i]);
+	server_loop_del(&srv->loop, &k->wal_ev);
+	srv->loop.before_wait = NULL;
+	for (uint32_t s = 0; s < k->nshards; s++) {
+		settle_ledger_destroy(k->shards[s]);
+		free(k->shard_ops[s]);
+		free(k->shard_where[s]);
+		free(k->legs[s]);
+	}
+	free(k->shards);
+	free(k->shard_ops);
+	free(k->shard_where);
+	free(k->legs);
+	free(k->shard_n);
+	free(k->nlegs);
+	free(k->results);
+	free(k->op_results);
+	free(k->recs);
+	free(k->flights);
+	free(k->conns);
+	settle_seq_destroy(k->seq);
+	free(k);
+	the_core = NULL;
+}
