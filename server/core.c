@@ -317,8 +317,6 @@ conn_process(struct core *k, struct conn *c)
 	}
 	memmove(c->in, c->in + start, c->in_len - start);
 	c->in_len -= start;
-	if (start > 0 && c->slot_len < c->slot_cap && core_room(k, CHAIN_MAX))
-		c->paused = false;
 }
 
 /* ---- replies -------------------------------------------------------------- */
@@ -382,8 +380,11 @@ conn_flush(struct conn *c)
 	}
 	memmove(c->out, c->out + off, c->out_len - off);
 	c->out_len -= off;
-	if (c->paused && c->slot_len < c->slot_cap && c->in_len > 0)
+	/* Room again: resume (conn_process pauses anew if it must). */
+	if (c->paused && c->slot_len < c->slot_cap && core_room(k, CHAIN_MAX)) {
+		c->paused = false;
 		conn_process(k, c);
+	}
 	conn_want(c);
 }
 

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "settle.h"
 #include "store.h"
 
 static struct dh h;
@@ -504,15 +505,18 @@ write_wal(uint64_t n, char *file, size_t filelen, uint64_t *off2)
 	ck_assert_msg(store_wal_open(&cfg, &w, NULL, err, sizeof(err)) == 0,
 		      "%s", err);
 	for (uint64_t i = 0; i < n; i++) {
-		uint64_t b, v = i;
-		struct store_wal_record r = { .type = 9, .len = 8, .data = &v };
+		uint64_t b;
+		struct settle_account_rec a = { .id = i + 1 };
+		struct store_wal_record r = { .type = SETTLE_REC_ACCOUNT,
+					      .len = sizeof(a),
+					      .data = &a };
 		ck_assert_int_eq(store_wal_append(w, &r, 1, &b), 0);
 		ck_assert_int_eq(store_wal_wait(w, b, NULL, NULL), 0);
 	}
 	store_wal_close(w);
 	snprintf(file, filelen, "%s/wal-%020d.log", waldir, 1);
-	/* 64-byte segment header, then epochs of 48 + 8 + 8 bytes. */
-	*off2 = 64 + 64;
+	/* 64-byte segment header, then epochs of 48 + 8 + 16 bytes. */
+	*off2 = 64 + 72;
 }
 
 START_TEST(wal_recovered_at_start)
@@ -526,6 +530,7 @@ START_TEST(wal_recovered_at_start)
 	char log[65536];
 	dh_read_file(h.log, log, sizeof(log));
 	ck_assert_msg(strstr(log, "recovered epochs 1..5"), "%s", log);
+	ck_assert_msg(strstr(log, "replayed 5 epochs: 5 accounts"), "%s", log);
 }
 END_TEST
 

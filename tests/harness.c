@@ -44,6 +44,7 @@ dh_init(struct dh *h, const char *extra)
 	snprintf(h->sock, sizeof(h->sock), "%s/data/admin.sock", h->dir);
 	snprintf(h->pidf, sizeof(h->pidf), "%s/data/doved.pid", h->dir);
 	snprintf(h->log, sizeof(h->log), "%s/doved.out", h->dir);
+	snprintf(h->ingress, sizeof(h->ingress), "%s/data/ingress.sock", h->dir);
 	dh_write_config(h, extra);
 }
 
@@ -148,17 +149,13 @@ dh_cleanup(struct dh *h)
 	}
 }
 
+/* Read one line from fd byte by byte (tests only: keeps the rest). */
 bool
-dh_cmd_fd(int fd, const char *line, char *buf, size_t size)
+dh_read_line(int fd, char *buf, size_t size)
 {
-	char out[4096];
-	int n = snprintf(out, sizeof(out), "%s\n", line);
-	if (send(fd, out, (size_t)n, MSG_NOSIGNAL) != n)
-		return false;
 	size_t got = 0;
 	while (got + 1 < size) {
-		ssize_t r = recv(fd, buf + got, 1, 0); /* byte-wise: keep the
-							  next reply unread */
+		ssize_t r = recv(fd, buf + got, 1, 0);
 		if (r <= 0)
 			return false;
 		if (buf[got] == '\n') {
@@ -168,6 +165,16 @@ dh_cmd_fd(int fd, const char *line, char *buf, size_t size)
 		got++;
 	}
 	return false;
+}
+
+bool
+dh_cmd_fd(int fd, const char *line, char *buf, size_t size)
+{
+	char out[4096];
+	int n = snprintf(out, sizeof(out), "%s\n", line);
+	if (send(fd, out, (size_t)n, MSG_NOSIGNAL) != n)
+		return false;
+	return dh_read_line(fd, buf, size);
 }
 
 void
@@ -211,4 +218,29 @@ dh_run_suite(Suite *s)
 	int failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
 	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
+int
+dh_ingress(struct dh *h)
+{
+	int fd = dh_connect(h->ingress);
+	ck_assert_msg(fd >= 0, "connect %s: %s", h->ingress, strerror(errno));
+	return fd;
+}
+
+bool
+dh_lines(int fd, const char *const *lines, int n, char (*replies)[256])
+{
+	static char out[65536];
+	size_t len = 0;
+	out[0] = '\0';
+	for (int i = 0; i < n; i++)
+		len += (size_t)snprintf(out + len, sizeof(out) - len, "%s\n",
+					lines[i]);
+	if (send(fd, out, len, MSG_NOSIGNAL) != (ssize_t)len)
+		return false;
+	for (int i = 0; i < n; i++)
+		if (!dh_read_line(fd, replies[i], 256))
+			return false;
+	return true;
 }

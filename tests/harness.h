@@ -18,6 +18,7 @@ struct dh {
 	char sock[192]; /* admin socket */
 	char pidf[192]; /* pid file */
 	char log[192];  /* doved's stderr */
+	char ingress[192]; /* ingress UNIX socket */
 	pid_t pid;      /* running doved, or 0 */
 };
 
@@ -42,11 +43,21 @@ void dh_cleanup(struct dh *h);
 
 /* Connect to the admin socket; -1 on failure. */
 int dh_connect(const char *sock);
-/* Send line + '\n' on fd; read one reply line into buf. Returns false on
- * EOF or error. */
+/* Send line + '\n' on fd; read one reply line into buf (admin or
+ * ingress). Returns false on EOF or error. */
 bool dh_cmd_fd(int fd, const char *line, char *buf, size_t size);
 /* One command on a fresh connection. Fails the test if it cannot. */
 void dh_admin(struct dh *h, const char *cmd, char *buf, size_t size);
+
+/* The ingress socket of h (default [ingress] unix). */
+int dh_ingress(struct dh *h);
+/* Send n lines at once (pipelined), then read n reply lines into
+ * replies[i] (each up to 256 bytes, '\n' stripped). False on EOF. */
+bool dh_lines(int fd, const char *const *lines, int n, char (*replies)[256]);
+
+/* Read one '\n'-terminated line from fd (byte by byte, so what follows
+ * stays unread); '\n' stripped. False on EOF. */
+bool dh_read_line(int fd, char *buf, size_t size);
 
 /* Read a whole small file into buf (NUL-terminated); returns length. */
 size_t dh_read_file(const char *path, char *buf, size_t size);

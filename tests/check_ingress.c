@@ -1,0 +1,393 @@
+/*
+ * check_ingress.c - the line protocol against a real doved over its real
+ * sockets: every conformance case of docs/protocol-cases.md, bad input,
+ * pipelining far past the pipeline bound, TCP, graceful stop, and crash
+ * recovery with SIGKILL (answered transfers survive exactly once).
+ */
+#include <arpa/inet.h>
+#include <check.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static struct dh h;
+
+static void
+setup(void)
+{
+	dh_init(&h, NULL);
+}
+
+static void
+teardown(void)
+{
+	dh_cleanup(&h);
+}
+
+/* "<e>" in an expected reply matches any epoch number. */
+static bool
+reply_matches(const char *got, const char *want)
+{
+	while (*want) {
+		if (strncmp(want, "<e>", 3) == 0) {
+			if (*got < '0' || *got > '9')
+				return false;
+			while (*got >= '0' && *got <= '9')
+				got++;
+			want += 3;
+			continue;
+		}
+		if (*got++ != *want++)
+			return false;
+	}
+	return *got == '\0';
+}
+
+static const struct pcase {
+	const char *req[2];
+	const char *rep[2];
+} pcases[] = {
+	{ { "PING" }, { "PONG" } },
+	{ { "ACCOUNT 1" }, { "OK 1 <e>" } },
+	{ { "ACCOUNT 1" }, { "ERR 1 account_exists" } },
+	{ { "ACCOUNT 10 nonneg" }, { "OK 10 <e>" } },
+	{ { "ACCOUNT 20 nonneg hot" }, { "OK 20 <e>" } },
+	{ { "TRANSFER 100 1 10 500" }, { "OK 100 <e>" } },
+	{ { "TRANSFER 100 1 10 500" }, { "OK 100 <e> dup" } },
+	{ { "TRANSFER 100 1 10 501" }, { "ERR 100 id_conflict" } },
+	{ { "TRANSFER 101 10 1 600" }, { "ERR 101 insufficient_funds" } },
+	{ { "TRANSFER 101 10 1 600" }, { "ERR 101 insufficient_funds" } },
+	{ { "TRANSFER 102 10 1 500" }, { "OK 102 <e>" } },
+	{ { "BALANCE 10" }, { "BAL 10 500 500 0 nonneg" } },
+	{ { "BALANCE 999" }, { "ERR 999 no_such_account" } },
+	{ { "TRANSFER 103 1 999 5" }, { "ERR 103 no_such_account" } },
+	{ { "TRANSFER 104 1 1 5" }, { "ERR 104 same_account" } },
+	{ { "TRANSFER 105 1 10 0" }, { "ERR 105 zero_amount" } },
+	{ { "TRANSFER 106 1 10 9223372036854775808" }, { "ERR 106 overflow" } },
+	{ { "TRANSFER 107 1 10 18446744073709551616" }, { "ERR - bad_request" } },
+	{ { "TRANSFER 0 1 10 5" }, { "ERR - bad_request" } },
+	{ { "TRANSFER 108 1 10" }, { "ERR - bad_request" } },
+	{ { "TRANSFER 109 1 10 -5" }, { "ERR - bad_request" } },
+	{ { "FROB 1 2 3" }, { "ERR - bad_request" } },
+	{ { "TRANSFER 110 1 10 5 code=2 ref=777" }, { "OK 110 <e>" } },
+	{ { "TRANSFER 111 1 10 5 colour=red" }, { "ERR - bad_request" } },
+	{ { "TRANSFER 200 1 10 5 linked", "TRANSFER 201 1 20 5" },
+	  { "OK 200 <e>", "OK 201 <e>" } },
+	{ { "TRANSFER 210 1 10 5 linked", "TRANSFER 211 10 1 5" },
+	  { "ERR 210 linked_multi_debit", "ERR 211 linked_multi_debit" } },
+	{ { "ACCOUNT 30 nonneg" }, { "OK 30 <e>" } },
+	{ { "TRANSFER 220 30 1 5 linked", "TRANSFER 221 30 10 5" },
+	  { "ERR 220 insufficient_funds", "ERR 221 linked_failed" } },
+	{ { "TRANSFER 220 30 1 5 linked", "TRANSFER 221 30 10 5" },
+	  { "ERR 220 insufficient_funds", "ERR 221 linked_failed" } },
+	{ { "ping" }, { "ERR - bad_request" } },
+	{ { "PING\r" }, { "PONG" } },
+};
+
+START_TEST(protocol_conformance_cases)
+{
+	dh_start(&h);
+	int fd = dh_ingress(&h);
+	char rep[2][256];
+	char epoch6[32] = "";
+	for (size_t i = 0; i < sizeof(pcases) / sizeof(pcases[0]); i++) {
+		const struct pcase *c = &pcases[i];
+		int n = c->req[1] ? 2 : 1;
+		ck_assert_msg(dh_lines(fd, c->req, n, rep), "case %zu: no reply",
+			      i + 1);
+		for (int k = 0; k < n; k++)
+			ck_assert_msg(reply_matches(rep[k], c->rep[k]),
+				      "case %zu: '%s' got '%s', want '%s'", i + 1,
+				      c->req[k], rep[k], c->rep[k]);
+		/* Case 7's dup carries case 6's epoch. */
+		if (i == 5)
+			snprintf(epoch6, sizeof(epoch6), "%.31s", rep[0] + 7);
+		if (i == 6) {
+			char want[64];
+			snprintf(want, sizeof(want), "OK 100 %s dup", epoch6);
+			ck_assert_str_eq(rep[0], want);
+		}
+	}
+	/* Case 25: a chain is one epoch. */
+	const char *chain[] = { "TRANSFER 300 1 10 5 linked",
+				"TRANSFER 301 1 20 5" };
+	ck_assert(dh_lines(fd, chain, 2, rep));
+	ck_assert_str_eq(strchr(rep[0] + 3, ' '), strchr(rep[1] + 3, ' '));
+	close(fd);
+}
+END_TEST
+
+START_TEST(bad_input_changes_nothing)
+{
+	dh_start(&h);
+	int fd = dh_ingress(&h);
+	char r[256];
+	const char *setup_lines[] = { "ACCOUNT 1", "ACCOUNT 2 nonneg",
+				      "TRANSFER 1 1 2 100" };
+	char rep[3][256];
+	ck_assert(dh_lines(fd, setup_lines, 3, rep));
+	/* Tried: an embedded NUL, a tab, a trailing space after a chain
+	 * flag, letters in an amount, a code past u16. */
+	const char nul[] = "TRANSFER 9 1 2 5\0x\nPING\n";
+	ck_assert_int_eq(send(fd, nul, sizeof(nul) - 1, 0), sizeof(nul) - 1);
+	ck_assert(dh_read_line(fd, r, sizeof(r)));
+	ck_assert_str_eq(r, "ERR - bad_request");
+	ck_assert(dh_read_line(fd, r, sizeof(r)));
+	ck_assert_str_eq(r, "PONG");
+	ck_assert(dh_cmd_fd(fd, "PING\r", r, sizeof(r)));
+	ck_assert_str_eq(r, "PONG");
+	ck_assert(dh_cmd_fd(fd, "TRANSFER\t9 1 2 5", r, sizeof(r)));
+	ck_assert_str_eq(r, "ERR - bad_request");
+	ck_assert(dh_cmd_fd(fd, "TRANSFER 9 1 2 5x", r, sizeof(r)));
+	ck_assert_str_eq(r, "ERR - bad_request");
+	ck_assert(dh_cmd_fd(fd, "TRANSFER 9 1 2 5 code=70000", r, sizeof(r)));
+	ck_assert_str_eq(r, "ERR - bad_request");
+
+	/* A chain left open at disconnect is never applied. */
+	int fd2 = dh_ingress(&h);
+	const char open_chain[] = "TRANSFER 50 1 2 7 linked\n";
+	ck_assert_int_eq(send(fd2, open_chain, sizeof(open_chain) - 1, 0),
+			 sizeof(open_chain) - 1);
+	shutdown(fd2, SHUT_WR);
+	ck_assert(recv(fd2, r, sizeof(r), 0) >= 0);
+	close(fd2);
+	/* A chain interrupted by another verb is refused: linked_open. */
+	const char *interrupted[] = { "TRANSFER 51 1 2 7 linked", "PING" };
+	ck_assert(dh_lines(fd, interrupted, 2, rep));
+	ck_assert_str_eq(rep[0], "ERR 51 linked_open");
+	ck_assert_str_eq(rep[1], "PONG");
+
+	/* An overlong line closes that connection only. */
+	int fd3 = dh_ingress(&h);
+	static char big[4096];
+	memset(big, '7', sizeof(big));
+	send(fd3, big, sizeof(big), MSG_NOSIGNAL);
+	ck_assert_int_le(recv(fd3, r, sizeof(r), 0), 0);
+	close(fd3);
+
+	/* None of it moved money: 2 has exactly the 100 of transfer 1. */
+	ck_assert(dh_cmd_fd(fd, "BALANCE 2", r, sizeof(r)));
+	ck_assert_str_eq(r, "BAL 2 100 0 0 nonneg");
+	ck_assert(dh_cmd_fd(fd, "TRANSFER 50 1 2 7", r, sizeof(r)));
+	ck_assert_msg(strncmp(r, "OK 50 ", 6) == 0 && !strstr(r, "dup"), "%s",
+		      r); /* id 50 was never used */
+	close(fd);
+}
+END_TEST
+
+/* Far more requests than [ingress] pipeline, sent before reading any
+ * reply: the server slows the client down and answers all, in order. */
+START_TEST(pipelining_past_the_bound)
+{
+	dh_write_config(&h, "[ingress]\npipeline = 16\n");
+	dh_start(&h);
+	int fd = dh_ingress(&h);
+	char r[256];
+	ck_assert(dh_cmd_fd(fd, "ACCOUNT 1", r, sizeof(r)));
+	ck_assert(dh_cmd_fd(fd, "ACCOUNT 2", r, sizeof(r)));
+	enum { N = 5000 };
+	pid_t writer = fork();
+	if (writer == 0) {
+		char line[64];
+		for (int i = 0; i < N; i++) {
+			int n = snprintf(line, sizeof(line),
+					 "TRANSFER %d 1 2 1\n", 1000 + i);
+			if (send(fd, line, (size_t)n, MSG_NOSIGNAL) != n)
+				_exit(1);
+		}
+		_exit(0);
+	}
+	for (int i = 0; i < N; i++) {
+		char want[32];
+		int n = snprintf(want, sizeof(want), "OK %d ", 1000 + i);
+		if (!dh_read_line(fd, r, sizeof(r)) ||
+		    strncmp(r, want, (size_t)n) != 0)
+			ck_abort_msg("reply %d: '%s', want '%s...'", i, r, want);
+	}
+	int st;
+	ck_assert_int_eq(waitpid(writer, &st, 0), writer);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	close(fd);
+}
+END_TEST
+
+START_TEST(tcp_listener)
+{
+	/* A free port: bind 0, read it back, release it. */
+	int probe = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_int_eq(bind(probe, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	socklen_t sl = sizeof(sa);
+	getsockname(probe, (struct sockaddr *)&sa, &sl);
+	int port = ntohs(sa.sin_port);
+	close(probe);
+	char cfg[128];
+	snprintf(cfg, sizeof(cfg), "[ingress]\ntcp = 127.0.0.1:%d\n", port);
+	dh_write_config(&h, cfg);
+	dh_start(&h);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	char r[256];
+	ck_assert(dh_cmd_fd(fd, "PING", r, sizeof(r)));
+	ck_assert_str_eq(r, "PONG");
+	ck_assert(dh_cmd_fd(fd, "ACCOUNT 7", r, sizeof(r)));
+	ck_assert_msg(strncmp(r, "OK 7 ", 5) == 0, "%s", r);
+	close(fd);
+}
+END_TEST
+
+/* SIGKILL at random moments while a client pipelines transfers; after
+ * each restart every answered transfer is there exactly once (resubmitting
+ * it says dup with the same epoch) and the money adds up. */
+START_TEST(crash_recovery_answered_exactly_once)
+{
+	dh_start(&h);
+	int fd = dh_ingress(&h);
+	char r[256];
+	ck_assert(dh_cmd_fd(fd, "ACCOUNT 1", r, sizeof(r)));
+	ck_assert(dh_cmd_fd(fd, "ACCOUNT 2 nonneg", r, sizeof(r)));
+	close(fd);
+	static char answered[20000][32]; /* id -> "OK id epoch" */
+	uint64_t next_id = 100, total_ok = 0;
+	unsigned seed = 3;
+	for (int kill_no = 0; kill_no < 20; kill_no++) {
+		fd = dh_ingress(&h);
+		pid_t killer = fork();
+		if (killer == 0) {
+			usleep(5000 + (useconds_t)(rand_r(&seed) % 60000));
+			kill(h.pid, SIGKILL);
+			_exit(0);
+		}
+		/* Pipelined bursts until the server dies under us; record
+		 * every OK we were told. */
+		enum { BURST = 50 };
+		bool alive = true;
+		while (alive && next_id + BURST < 20000) {
+			char lines[BURST][48];
+			const char *ptr[BURST];
+			char rep[BURST][256];
+			memset(rep, 0, sizeof(rep));
+			for (int i = 0; i < BURST; i++) {
+				snprintf(lines[i], sizeof(lines[i]),
+					 "TRANSFER %llu 1 2 3",
+					 (unsigned long long)(next_id + i));
+				ptr[i] = lines[i];
+			}
+			alive = dh_lines(fd, ptr, BURST, rep);
+			for (int i = 0; i < BURST; i++)
+				if (strncmp(rep[i], "OK ", 3) == 0)
+					snprintf(answered[next_id + i], 32,
+						 "%.31s", rep[i]);
+			next_id += BURST;
+		}
+		waitpid(killer, NULL, 0);
+		waitpid(h.pid, NULL, 0);
+		h.pid = 0;
+		close(fd);
+		seed = seed * 1103515245 + 12345;
+		dh_start(&h);
+	}
+	/* Every answered transfer: a resubmission is a dup of the same
+	 * epoch. Count them all. */
+	fd = dh_ingress(&h);
+	for (uint64_t id = 100; id < next_id; id++) {
+		if (answered[id][0] == '\0')
+			continue;
+		char line[64], want[64];
+		snprintf(line, sizeof(line), "TRANSFER %llu 1 2 3",
+			 (unsigned long long)id);
+		ck_assert(dh_cmd_fd(fd, line, r, sizeof(r)));
+		snprintf(want, sizeof(want), "%s dup", answered[id]);
+		ck_assert_msg(strcmp(r, want) == 0, "id %llu: '%s', want '%s'",
+			      (unsigned long long)id, r, want);
+		total_ok++;
+	}
+	ck_assert_uint_ge(total_ok, 100); /* the test did something */
+	/* The ledger holds at least every answered transfer (some applied
+	 * but unanswered ones may be there too: the client never heard),
+	 * and debits equal credits. */
+	ck_assert(dh_cmd_fd(fd, "BALANCE 2", r, sizeof(r)));
+	unsigned long long cp, dp;
+	ck_assert_int_eq(sscanf(r, "BAL 2 %llu %llu", &cp, &dp), 2);
+	ck_assert_uint_ge(cp, total_ok * 3);
+	ck_assert_uint_eq(cp % 3, 0);
+	ck_assert(dh_cmd_fd(fd, "BALANCE 1", r, sizeof(r)));
+	unsigned long long cp1, dp1;
+	ck_assert_int_eq(sscanf(r, "BAL 1 %llu %llu", &cp1, &dp1), 2);
+	ck_assert_uint_eq(dp1, cp);
+	close(fd);
+}
+END_TEST
+
+START_TEST(graceful_stop_answers_in_flight)
+{
+	dh_start(&h);
+	int fd = dh_ingress(&h);
+	char r[256];
+	ck_assert(dh_cmd_fd(fd, "ACCOUNT 1", r, sizeof(r)));
+	ck_assert(dh_cmd_fd(fd, "ACCOUNT 2", r, sizeof(r)));
+	char lines[300][48];
+	const char *ptr[300];
+	for (int i = 0; i < 300; i++) {
+		snprintf(lines[i], sizeof(lines[i]), "TRANSFER %d 1 2 1", i + 1);
+		ptr[i] = lines[i];
+	}
+	/* Send all, then SIGTERM at once, then read: every request sent
+	 * before the stop is answered. */
+	char out[65536];
+	size_t len = 0;
+	for (int i = 0; i < 300; i++)
+		len += (size_t)snprintf(out + len, sizeof(out) - len, "%s\n",
+					ptr[i]);
+	ck_assert_int_eq(send(fd, out, len, 0), (ssize_t)len);
+	usleep(20000);
+	kill(h.pid, SIGTERM);
+	int ok = 0;
+	FILE *f = fdopen(fd, "r");
+	char line[256];
+	while (fgets(line, sizeof(line), f))
+		ok += strncmp(line, "OK ", 3) == 0;
+	fclose(f);
+	ck_assert_int_eq(ok, 300);
+	int st = dh_wait(h.pid, 5000);
+	h.pid = 0;
+	ck_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+END_TEST
+
+static Suite *
+ingress_suite(void)
+{
+	Suite *s = suite_create("ingress");
+	TCase *tc = tcase_create("protocol");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, protocol_conformance_cases);
+	tcase_add_test(tc, bad_input_changes_nothing);
+	tcase_add_test(tc, pipelining_past_the_bound);
+	tcase_add_test(tc, tcp_listener);
+	tcase_add_test(tc, graceful_stop_answers_in_flight);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("crash");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 300);
+	tcase_add_test(tc, crash_recovery_answered_exactly_once);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	return dh_run_suite(ingress_suite());
+}
