@@ -121,8 +121,9 @@ json_restart_required(struct json_buf *j, const server_config *cfg)
 }
 
 static void
-cmd_status(struct admin_client *c, struct json_buf *j)
+cmd_status(struct admin_client *c, const char *arg, struct json_buf *j)
 {
+	(void)arg;
 	struct server *srv = c->adm->srv;
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
@@ -165,8 +166,9 @@ cmd_status(struct admin_client *c, struct json_buf *j)
 }
 
 static void
-cmd_config(struct admin_client *c, struct json_buf *j)
+cmd_config(struct admin_client *c, const char *arg, struct json_buf *j)
 {
+	(void)arg;
 	(void)c;
 	urcu_memb_read_lock();
 	server_config_json(server_config_get(), j);
@@ -174,8 +176,9 @@ cmd_config(struct admin_client *c, struct json_buf *j)
 }
 
 static void
-cmd_reload(struct admin_client *c, struct json_buf *j)
+cmd_reload(struct admin_client *c, const char *arg, struct json_buf *j)
 {
+	(void)arg;
 	struct server *srv = c->adm->srv;
 	/* Not under the read lock: the reload waits for a grace period. */
 	int rc = server_reload(srv);
@@ -197,8 +200,9 @@ cmd_reload(struct admin_client *c, struct json_buf *j)
 }
 
 static void
-cmd_shutdown(struct admin_client *c, struct json_buf *j)
+cmd_shutdown(struct admin_client *c, const char *arg, struct json_buf *j)
 {
+	(void)arg;
 	json_obj_begin(j);
 	json_key(j, "ok");
 	json_bool(j, true);
@@ -208,14 +212,52 @@ cmd_shutdown(struct admin_client *c, struct json_buf *j)
 	server_request_stop(c->adm->srv, "admin shutdown");
 }
 
+static void
+cmd_account(struct admin_client *c, const char *arg, struct json_buf *j)
+{
+	(void)c;
+	char *end;
+	errno = 0;
+	unsigned long long id = strtoull(arg, &end, 10);
+	if (errno != 0 || *end != '\0' || id == 0 || arg[0] < '0' ||
+	    arg[0] > '9') {
+		json_obj_begin(j);
+		json_key(j, "error");
+		json_str(j, "account needs an account id (a number > 0)");
+		json_obj_end(j);
+		return;
+	}
+	server_core_account_json(id, j);
+}
+
+static void
+cmd_stats(struct admin_client *c, const char *arg, struct json_buf *j)
+{
+	(void)c;
+	(void)arg;
+	server_core_stats_json(j);
+}
+
+static void
+cmd_verify(struct admin_client *c, const char *arg, struct json_buf *j)
+{
+	(void)c;
+	(void)arg;
+	server_core_verify_json(j);
+}
+
 static const struct {
 	const char *name;
-	void (*fn)(struct admin_client *c, struct json_buf *j);
+	bool takes_arg;
+	void (*fn)(struct admin_client *c, const char *arg, struct json_buf *j);
 } commands[] = {
-	{ "status", cmd_status },
-	{ "config", cmd_config },
-	{ "reload", cmd_reload },
-	{ "shutdown", cmd_shutdown },
+	{ "status", false, cmd_status },
+	{ "config", false, cmd_config },
+	{ "reload", false, cmd_reload },
+	{ "shutdown", false, cmd_shutdown },
+	{ "stats", false, cmd_stats },
+	{ "account", true, cmd_account },
+	{ "verify", false, cmd_verify },
 };
 
 static void
@@ -226,7 +268,7 @@ handle_line(struct admin_client *c, char *line, size_t len)
 		len--;
 	line[len] = '\0';
 
-	/* Split "verb args"; no command takes arguments yet. */
+	/* Split "verb arg". */
 	size_t vl = strcspn(line, " \t");
 	const char *rest = line + vl + strspn(line + vl, " \t");
 	if (vl == 0) {
@@ -238,23 +280,24 @@ handle_line(struct admin_client *c, char *line, size_t len)
 		if (strlen(commands[i].name) != vl ||
 		    memcmp(commands[i].name, line, vl) != 0)
 			continue;
-		if (*rest != '\0') {
-			snprintf(msg, sizeof(msg), "%s takes no arguments",
-				 commands[i].name);
+		if ((*rest != '\0') != commands[i].takes_arg) {
+			snprintf(msg, sizeof(msg), "%s %s", commands[i].name,
+				 commands[i].takes_arg ? "needs an argument"
+						       : "takes no arguments");
 			reply_error(c, msg);
 			return;
 		}
 		char buf[16384];
 		struct json_buf j;
 		json_init(&j, buf, sizeof(buf));
-		commands[i].fn(c, &j);
+		commands[i].fn(c, rest, &j);
 		DOVE_ASSERT(j.depth == 0);
 		client_reply(c, &j);
 		return;
 	}
 	snprintf(msg, sizeof(msg),
 		 "unknown command '%.*s' (commands: status, config, reload, "
-		 "shutdown)",
+		 "shutdown, stats, account ID, verify)",
 		 (int)(vl > 64 ? 64 : vl), line);
 	reply_error(c, msg);
 }

@@ -116,6 +116,10 @@ struct core {
 	uint64_t flight_head, flight_tail;
 	uint32_t dups_waiting;
 
+	/* Counters for `stats` (main thread only). */
+	uint64_t requests, answered[SETTLE_RESULT_COUNT], epochs_run,
+		records_run, last_epoch;
+
 	/* Execution scratch, sized once. */
 	struct settle_op **shard_ops;
 	uint32_t **shard_where;
@@ -253,6 +257,7 @@ handle_line(struct core *k, struct conn *c, const char *line, size_t len)
 {
 	struct proto_request r;
 	proto_parse(line, len, &r);
+	k->requests++;
 	if (r.verb != PROTO_TRANSFER && c->chain_len > 0)
 		refuse_open_chain(c);
 	uint64_t abs = slot_push(c);
@@ -335,6 +340,7 @@ format_slot(struct core *k, const struct slot *s, char *buf)
 			 : proto_err(buf, s->id, SETTLE_NO_SUCH_ACCOUNT);
 	}
 	case SLOT_READY:
+		k->answered[s->result]++;
 		return s->result == SETTLE_OK
 			       ? proto_ok(buf, s->id, s->epoch, s->dup)
 			       : proto_err(buf, s->id,
@@ -562,6 +568,9 @@ run_epoch(struct core *k, uint64_t first, uint32_t count, uint64_t epoch,
 		settle_ledger_apply_credits(k->shards[s], k->legs[s], k->nlegs[s]);
 		DOVE_ASSERT_DEBUG(settle_ledger_valid(k->shards[s]));
 	}
+	k->epochs_run++;
+	k->records_run += count;
+	k->last_epoch = epoch;
 	for (uint32_t i = 0; i < count; i++) {
 		struct rec *r = &k->recs[(first + i) % CORE_RECS];
 		enum settle_result res = (enum settle_result)k->results[i];
@@ -724,6 +733,153 @@ core_before_wait(void *arg)
 		drain_flights(k);
 	/* Replies that need no log (refusals, dups, PING) go out now. */
 	flush_all(k);
+}
+
+/* ---- admin views ------------------------------------------------------------ */
+
+/* 128-bit counters go out as strings: JSON readers lose precision past
+ * 2^53. A leading '-' when negative is true. */
+static void
+json_u128_signed(struct json_buf *j, settle_u128 v, bool negative)
+{
+	char b[48];
+	b[0] = '-';
+	size_t n = proto_u128(b + 1, v);
+	json_strn(j, negative ? b : b + 1, negative ? n + 1 : n);
+}
+
+static void
+json_u128(struct json_buf *j, settle_u128 v)
+{
+	json_u128_signed(j, v, false);
+}
+
+void
+server_core_account_json(uint64_t id, struct json_buf *j)
+{
+	struct core *k = the_core;
+	const struct settle_account *a =
+		settle_ledger_find(k->shards[settle_shard_of(id, k->nshards)], id);
+	json_obj_begin(j);
+	if (a == NULL) {
+		json_key(j, "error");
+		json_str(j, "no_such_account");
+		json_obj_end(j);
+		return;
+	}
+	char flags[16];
+	settle_account_flags_format(a->flags, flags, sizeof(flags));
+	json_key(j, "id");
+	json_u64(j, a->id);
+	json_key(j, "flags");
+	json_str(j, flags);
+	json_key(j, "shard");
+	json_u64(j, settle_shard_of(id, k->nshards));
+	json_key(j, "credits_posted");
+	json_u128(j, a->credits_posted);
+	json_key(j, "debits_posted");
+	json_u128(j, a->debits_posted);
+	json_key(j, "credits_buffered");
+	json_u128(j, a->credits_buffered);
+	json_key(j, "balance");
+	if (a->credits_posted >= a->debits_posted)
+		json_u128(j, a->credits_posted - a->debits_posted);
+	else
+		json_u128_signed(j, a->debits_posted - a->credits_posted, true);
+	json_key(j, "as_of_epoch");
+	json_u64(j, k->last_epoch);
+	json_obj_end(j);
+}
+
+void
+server_core_stats_json(struct json_buf *j)
+{
+	struct core *k = the_core;
+	json_obj_begin(j);
+	json_key(j, "requests");
+	json_u64(j, k->requests);
+	json_key(j, "answered");
+	json_obj_begin(j);
+	for (int r = 0; r < SETTLE_RESULT_COUNT; r++) {
+		if (k->answered[r] == 0)
+			continue;
+		json_key(j, settle_result_name((enum settle_result)r));
+		json_u64(j, k->answered[r]);
+	}
+	json_obj_end(j);
+	json_key(j, "epochs_run");
+	json_u64(j, k->epochs_run);
+	json_key(j, "records_run");
+	json_u64(j, k->records_run);
+	json_key(j, "last_epoch");
+	json_u64(j, k->last_epoch);
+	json_key(j, "records_in_flight");
+	json_u64(j, k->rec_tail - k->rec_head);
+	json_key(j, "connections");
+	json_u64(j, k->nconns);
+	json_key(j, "accounts");
+	json_u64(j, settle_seq_accounts(k->seq));
+	json_key(j, "remembered_ids");
+	json_u64(j, settle_seq_remembered(k->seq));
+	json_key(j, "shards");
+	json_arr_begin(j);
+	for (uint32_t s = 0; s < k->nshards; s++)
+		json_u64(j, settle_ledger_count(k->shards[s]));
+	json_arr_end(j);
+	json_obj_end(j);
+}
+
+struct verify_acc {
+	settle_u128 debits, credits;
+	uint64_t nonneg_negative;
+	uint64_t accounts;
+};
+
+static void
+verify_one(void *arg, const struct settle_account *a)
+{
+	struct verify_acc *v = arg;
+	v->debits += a->debits_posted;
+	v->credits += a->credits_posted + a->credits_buffered;
+	v->accounts++;
+	if ((a->flags & SETTLE_ACCOUNT_NONNEG) &&
+	    a->credits_posted < a->debits_posted)
+		v->nonneg_negative++;
+}
+
+void
+server_core_verify_json(struct json_buf *j)
+{
+	struct core *k = the_core;
+	struct verify_acc v = { 0 };
+	bool tables = true;
+	for (uint32_t s = 0; s < k->nshards; s++) {
+		settle_ledger_foreach(k->shards[s], verify_one, &v);
+		tables &= settle_ledger_valid(k->shards[s]);
+	}
+	bool counts = v.accounts == settle_seq_accounts(k->seq);
+	bool ok = v.debits == v.credits && v.nonneg_negative == 0 && tables &&
+		  counts;
+	json_obj_begin(j);
+	json_key(j, "ok");
+	json_bool(j, ok);
+	json_key(j, "as_of_epoch");
+	json_u64(j, k->last_epoch);
+	json_key(j, "accounts");
+	json_u64(j, v.accounts);
+	json_key(j, "total_debits");
+	json_u128(j, v.debits);
+	json_key(j, "total_credits");
+	json_u128(j, v.credits);
+	json_key(j, "debits_equal_credits");
+	json_bool(j, v.debits == v.credits);
+	json_key(j, "nonneg_below_zero");
+	json_u64(j, v.nonneg_negative);
+	json_key(j, "tables_consistent");
+	json_bool(j, tables);
+	json_key(j, "directory_matches_ledger");
+	json_bool(j, counts);
+	json_obj_end(j);
 }
 
 /* ---- recovery: replay the log ----------------------------------------------- */

@@ -150,9 +150,8 @@ proto_parse(const char *line, size_t len, struct proto_request *r)
 	/* Unknown verb (verbs are upper case: "ping" lands here). */
 }
 
-/* u64 / u128 to decimal; returns the length. */
-static size_t
-u128_dec(char *out, settle_u128 v)
+size_t
+proto_u128(char *out, settle_u128 v)
 {
 	char tmp[48];
 	size_t n = 0;
@@ -171,9 +170,9 @@ proto_ok(char *buf, uint64_t id, uint64_t epoch, bool dup)
 	size_t n = 0;
 	memcpy(buf, "OK ", 3);
 	n = 3;
-	n += u128_dec(buf + n, id);
+	n += proto_u128(buf + n, id);
 	buf[n++] = ' ';
-	n += u128_dec(buf + n, epoch);
+	n += proto_u128(buf + n, epoch);
 	if (dup) {
 		memcpy(buf + n, " dup", 4);
 		n += 4;
@@ -192,7 +191,7 @@ proto_err(char *buf, uint64_t id, enum settle_result r)
 	if (id == 0)
 		buf[n++] = '-';
 	else
-		n += u128_dec(buf + n, id);
+		n += proto_u128(buf + n, id);
 	buf[n++] = ' ';
 	const char *name = settle_result_name(r);
 	memcpy(buf + n, name, strlen(name));
@@ -207,13 +206,13 @@ proto_bal(char *buf, const struct settle_account *a)
 {
 	size_t n = 4;
 	memcpy(buf, "BAL ", 4);
-	n += u128_dec(buf + n, a->id);
+	n += proto_u128(buf + n, a->id);
 	buf[n++] = ' ';
-	n += u128_dec(buf + n, a->credits_posted);
+	n += proto_u128(buf + n, a->credits_posted);
 	buf[n++] = ' ';
-	n += u128_dec(buf + n, a->debits_posted);
+	n += proto_u128(buf + n, a->debits_posted);
 	buf[n++] = ' ';
-	n += u128_dec(buf + n, a->credits_buffered);
+	n += proto_u128(buf + n, a->credits_buffered);
 	buf[n++] = ' ';
 	n += settle_account_flags_format(a->flags, buf + n, PROTO_REPLY_MAX - n);
 	buf[n++] = '\n';

@@ -94,6 +94,14 @@ int server_core_open(struct server *srv, struct store_wal *wal);
 /* Stop listening, answer everything in flight, free. */
 void server_core_close(struct server *srv);
 
+/* Admin views of the core (main loop thread, between epochs, so the
+ * ledger is at an epoch boundary). */
+struct json_buf;
+void server_core_account_json(uint64_t id, struct json_buf *j);
+void server_core_stats_json(struct json_buf *j);
+/* Check the ledger invariants; {"ok": bool, ...}. A walk: not cheap. */
+void server_core_verify_json(struct json_buf *j);
+
 /* ---- pid file --------------------------------------------------------- */
 
 /*
@@ -139,6 +147,8 @@ size_t proto_ok(char *buf, uint64_t id, uint64_t epoch, bool dup);
 size_t proto_err(char *buf, uint64_t id /* 0: "-" */, enum settle_result r);
 size_t proto_bal(char *buf, const struct settle_account *a);
 size_t proto_pong(char *buf);
+/* Decimal digits of v (no NUL, no sign); returns how many (<= 39). */
+size_t proto_u128(char *buf, settle_u128 v);
 #define PROTO_REPLY_MAX 192
 
 #endif /* SERVER_INT_H */

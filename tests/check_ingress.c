@@ -364,6 +364,49 @@ START_TEST(graceful_stop_answers_in_flight)
 }
 END_TEST
 
+START_TEST(admin_views_of_the_ledger)
+{
+	dh_start(&h);
+	int fd = dh_ingress(&h);
+	const char *lines[] = { "ACCOUNT 1", "ACCOUNT 2 nonneg", "TRANSFER 5 1 2 70",
+				"TRANSFER 6 2 1 71" };
+	char rep[4][256], r[16384];
+	ck_assert(dh_lines(fd, lines, 4, rep));
+	ck_assert_str_eq(rep[3], "ERR 6 insufficient_funds");
+	close(fd);
+	dh_admin(&h, "account 2", r, sizeof(r));
+	ck_assert_msg(strstr(r, "\"id\":2,\"flags\":\"nonneg\"") &&
+			      strstr(r, "\"credits_posted\":\"70\"") &&
+			      strstr(r, "\"balance\":\"70\""),
+		      "%s", r);
+	dh_admin(&h, "account 1", r, sizeof(r));
+	ck_assert_msg(strstr(r, "\"balance\":\"-70\""), "%s", r);
+	dh_admin(&h, "account 9", r, sizeof(r));
+	ck_assert_str_eq(r, "{\"error\":\"no_such_account\"}");
+	dh_admin(&h, "account x", r, sizeof(r));
+	ck_assert_msg(strstr(r, "needs an account id"), "%s", r);
+	dh_admin(&h, "account", r, sizeof(r));
+	ck_assert_msg(strstr(r, "needs an argument"), "%s", r);
+	dh_admin(&h, "verify", r, sizeof(r));
+	ck_assert_msg(strncmp(r, "{\"ok\":true,", 11) == 0 &&
+			      strstr(r, "\"total_debits\":\"70\"") &&
+			      strstr(r, "\"debits_equal_credits\":true"),
+		      "%s", r);
+	dh_admin(&h, "stats", r, sizeof(r));
+	ck_assert_msg(strstr(r, "\"requests\":4,") &&
+			      strstr(r, "\"insufficient_funds\":1") &&
+			      strstr(r, "\"accounts\":2,"),
+		      "%s", r);
+	char cmd[512], out[4096];
+	snprintf(cmd, sizeof(cmd), "%s -s %s verify", DOVECTL_PATH, h.sock);
+	ck_assert_int_eq(dh_run(cmd, out, sizeof(out)), 0);
+	ck_assert_msg(strstr(out, "ok: true"), "%s", out);
+	snprintf(cmd, sizeof(cmd), "%s -s %s account 2", DOVECTL_PATH, h.sock);
+	ck_assert_int_eq(dh_run(cmd, out, sizeof(out)), 0);
+	ck_assert_msg(strstr(out, "balance: 70\n"), "%s", out);
+}
+END_TEST
+
 static Suite *
 ingress_suite(void)
 {
@@ -376,6 +419,7 @@ ingress_suite(void)
 	tcase_add_test(tc, pipelining_past_the_bound);
 	tcase_add_test(tc, tcp_listener);
 	tcase_add_test(tc, graceful_stop_answers_in_flight);
+	tcase_add_test(tc, admin_views_of_the_ledger);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("crash");

@@ -32,6 +32,9 @@ usage(FILE *f)
 		"  config     the effective configuration\n"
 		"  reload     reload the config file (same as SIGHUP)\n"
 		"  shutdown   stop doved cleanly (same as SIGTERM)\n"
+		"  stats      requests, answers by reason, epochs, shards\n"
+		"  account ID one account's counters, flags and shard\n"
+		"  verify     check the ledger invariants (exit 1 if broken)\n"
 		"  raw CMD..  send CMD as it is, print the reply\n"
 		"\n"
 		"  -s, --socket PATH   admin socket (default: $DOVE_ADMIN_SOCKET, else\n"
@@ -294,8 +297,15 @@ main(int argc, char **argv)
 				sizeof(cmd) - 1);
 			return 2;
 		}
+	} else if (strcmp(verb, "account") == 0) {
+		if (optind + 2 != argc) {
+			fprintf(stderr, "dovectl: account takes one id\n");
+			return 2;
+		}
+		snprintf(cmd, sizeof(cmd), "account %s", argv[optind + 1]);
 	} else if (!strcmp(verb, "status") || !strcmp(verb, "config") ||
-		   !strcmp(verb, "reload") || !strcmp(verb, "shutdown")) {
+		   !strcmp(verb, "reload") || !strcmp(verb, "shutdown") ||
+		   !strcmp(verb, "stats") || !strcmp(verb, "verify")) {
 		if (optind + 1 != argc) {
 			fprintf(stderr, "dovectl: %s takes no arguments\n", verb);
 			return 2;
@@ -336,7 +346,7 @@ main(int argc, char **argv)
 	int status = 0;
 	if (strncmp(reply, "{\"error\":", 9) == 0 ||
 	    strncmp(reply, "{\"ok\":false", 11) == 0)
-		status = 1;
+		status = 1; /* includes a verify that found the ledger broken */
 	if (json) {
 		printf("%s\n", reply);
 	} else {
