@@ -246,6 +246,20 @@ cmd_verify(struct admin_client *c, const char *arg, struct json_buf *j)
 	server_core_verify_json(j);
 }
 
+static void
+cmd_snapshot(struct admin_client *c, const char *arg, struct json_buf *j)
+{
+	(void)c;
+	(void)arg;
+	server_core_request_snapshot();
+	json_obj_begin(j);
+	json_key(j, "ok");
+	json_bool(j, true);
+	json_key(j, "snapshot");
+	json_str(j, "requested; `stats` shows snapshot_epoch when written");
+	json_obj_end(j);
+}
+
 static const struct {
 	const char *name;
 	bool takes_arg;
@@ -258,6 +272,7 @@ static const struct {
 	{ "stats", false, cmd_stats },
 	{ "account", true, cmd_account },
 	{ "verify", false, cmd_verify },
+	{ "snapshot", false, cmd_snapshot },
 };
 
 static void
@@ -297,7 +312,7 @@ handle_line(struct admin_client *c, char *line, size_t len)
 	}
 	snprintf(msg, sizeof(msg),
 		 "unknown command '%.*s' (commands: status, config, reload, "
-		 "shutdown, stats, account ID, verify)",
+		 "shutdown, stats, account ID, verify, snapshot)",
 		 (int)(vl > 64 ? 64 : vl), line);
 	reply_error(c, msg);
 }

@@ -91,6 +91,18 @@ static const struct server_config_key keys[] = {
 	  "transfer ids remembered for idempotent retries (oldest forgotten "
 	  "first); a retry older than this counts as new" },
 
+	{ "snapshot", "dir", SERVER_CFG_PATH, 0, NOLIM, NULL, "data/snap",
+	  F(snapshot_dir),
+	  "snapshot files snap-<epoch>.snap; start-up loads the newest valid "
+	  "one and replays the log after it" },
+	{ "snapshot", "every_s", SERVER_CFG_INT, SERVER_CFG_LIVE, 0, 86400, NULL,
+	  "300", F(snapshot_every_s),
+	  "take a snapshot this often when the ledger changed (also on admin "
+	  "`snapshot` and on a clean stop); 0 = only those" },
+	{ "snapshot", "keep", SERVER_CFG_INT, SERVER_CFG_LIVE, 1, 100, NULL, "2",
+	  F(snapshot_keep),
+	  "snapshots kept; the WAL is retired behind the newest" },
+
 	{ "wal", "dir", SERVER_CFG_PATH, 0, NOLIM, NULL, "data/wal", F(wal_dir),
 	  "write-ahead log directory (segments wal-<first epoch>.log)" },
 	{ "wal", "segment_mb", SERVER_CFG_INT, 0, 1, 1024, NULL, "64",

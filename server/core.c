@@ -27,7 +27,9 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/timerfd.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <urcu/urcu-memb.h>
 
@@ -115,6 +117,17 @@ struct core {
 	struct flight *flights; /* ring of CORE_RECS */
 	uint64_t flight_head, flight_tail;
 	uint32_t dups_waiting;
+
+	/* Snapshots: wanted -> connections pause until nothing is in flight
+	 * -> fork, the child writes the copy-on-write image -> reaped. */
+	bool snap_wanted;
+	pid_t snap_child;
+	uint64_t snap_child_epoch;
+	uint64_t snap_last_epoch; /* newest snapshot on disk */
+	uint64_t next_lsn;        /* after the last executed epoch */
+	struct server_ev snap_timer;
+	uint64_t snap_last_ns;
+	uint64_t snaps_taken, snaps_failed;
 
 	/* Counters for `stats` (main thread only). */
 	uint64_t requests, answered[SETTLE_RESULT_COUNT], epochs_run,
@@ -311,8 +324,10 @@ conn_process(struct core *k, struct conn *c)
 	char *nl;
 	while (!c->dead &&
 	       (nl = memchr(c->in + start, '\n', c->in_len - start)) != NULL) {
-		/* Room for one more reply, and for a whole chain of records. */
-		if (c->slot_len == c->slot_cap || !core_room(k, CHAIN_MAX)) {
+		/* Room for one more reply, and for a whole chain of records;
+		 * and no snapshot waiting for the log to go quiet. */
+		if (c->slot_len == c->slot_cap || !core_room(k, CHAIN_MAX) ||
+		    k->snap_wanted) {
 			c->paused = true;
 			break;
 		}
@@ -387,7 +402,8 @@ conn_flush(struct conn *c)
 	memmove(c->out, c->out + off, c->out_len - off);
 	c->out_len -= off;
 	/* Room again: resume (conn_process pauses anew if it must). */
-	if (c->paused && c->slot_len < c->slot_cap && core_room(k, CHAIN_MAX)) {
+	if (c->paused && c->slot_len < c->slot_cap && core_room(k, CHAIN_MAX) &&
+	    !k->snap_wanted) {
 		c->paused = false;
 		conn_process(k, c);
 	}
@@ -571,6 +587,7 @@ run_epoch(struct core *k, uint64_t first, uint32_t count, uint64_t epoch,
 	k->epochs_run++;
 	k->records_run += count;
 	k->last_epoch = epoch;
+	k->next_lsn = first_lsn + count;
 	for (uint32_t i = 0; i < count; i++) {
 		struct rec *r = &k->recs[(first + i) % CORE_RECS];
 		enum settle_result res = (enum settle_result)k->results[i];
@@ -644,6 +661,160 @@ flush_all(struct core *k)
 			conn_flush(k->conns[i]);
 }
 
+/* ---- snapshots ----------------------------------------------------------------- */
+
+struct snap_put {
+	store_snap_writer *w;
+	uint64_t n;
+	int rc;
+};
+
+static void
+put_account(void *arg, const struct settle_account *a)
+{
+	struct snap_put *p = arg;
+	if (p->rc == 0)
+		p->rc = store_snap_put(p->w, a, sizeof(*a));
+	p->n++;
+}
+
+static void
+put_id(void *arg, const struct settle_seq_id *e)
+{
+	struct snap_put *p = arg;
+	if (p->rc == 0)
+		p->rc = store_snap_put(p->w, e, sizeof(*e));
+	p->n++;
+}
+
+/* Write the state as of k->last_epoch. Used by the forked child and, at
+ * a clean stop, in-process. Returns 0 or -errno. */
+static int
+snapshot_write(struct core *k, const char *dir)
+{
+	store_snap_writer *w;
+	int rc = store_snap_begin(dir, k->last_epoch, k->next_lsn, &w);
+	if (rc != 0)
+		return rc;
+	struct snap_put accounts = { w, 0, 0 }, ids = { w, 0, 0 };
+	for (uint32_t s = 0; s < k->nshards; s++)
+		settle_ledger_foreach(k->shards[s], put_account, &accounts);
+	settle_seq_foreach_settled(k->seq, put_id, &ids);
+	rc = accounts.rc ? accounts.rc : ids.rc;
+	if (rc != 0) {
+		store_snap_abort(w);
+		return rc;
+	}
+	return store_snap_commit(w, accounts.n, ids.n);
+}
+
+/* Take the wanted snapshot if the log is quiet: nothing staged or in
+ * flight, so the sequencer's window is exactly the state after the last
+ * epoch. Forks: the child writes the copy-on-write image, the parent goes
+ * on at once. */
+static void
+maybe_snapshot(struct core *k)
+{
+	if (!k->snap_wanted || k->snap_child != 0 || k->rec_head != k->rec_tail)
+		return;
+	k->snap_wanted = false;
+	if (k->last_epoch == 0 || k->last_epoch == k->snap_last_epoch) {
+		flush_all(k); /* nothing new to save; resume readers */
+		return;
+	}
+	char dir[PATH_MAX];
+	urcu_memb_read_lock();
+	snprintf(dir, sizeof(dir), "%s", server_config_get()->snapshot_dir);
+	urcu_memb_read_unlock();
+	pid_t pid = fork();
+	if (pid == 0) {
+		/* The child: only this thread exists here; it reads its
+		 * frozen copy of the ledger and writes the file. */
+		dove_log_thread_name("snapshot");
+		int rc = snapshot_write(k, dir);
+		if (rc != 0)
+			DOVE_ERROR("snapshot of epoch %llu: %s",
+				   (unsigned long long)k->last_epoch,
+				   dove_strerror(rc));
+		_exit(rc == 0 ? 0 : 1);
+	}
+	if (pid < 0) {
+		DOVE_ERROR("snapshot: fork: %s", dove_strerror(-errno));
+		k->snaps_failed++;
+	} else {
+		k->snap_child = pid;
+		k->snap_child_epoch = k->last_epoch;
+		DOVE_INFO("snapshot of epoch %llu started (pid %d)",
+			  (unsigned long long)k->last_epoch, (int)pid);
+	}
+	flush_all(k); /* resume readers */
+}
+
+void
+server_core_request_snapshot(void)
+{
+	struct core *k = the_core;
+	k->snap_wanted = true;
+	maybe_snapshot(k);
+}
+
+/* After a snapshot is on disk: keep `keep` of them, retire the WAL behind
+ * the newest. */
+static void
+snapshot_done(struct core *k, uint64_t epoch)
+{
+	k->snap_last_epoch = epoch;
+	k->snaps_taken++;
+	uint32_t keep;
+	char dir[PATH_MAX];
+	urcu_memb_read_lock();
+	keep = (uint32_t)server_config_get()->snapshot_keep;
+	snprintf(dir, sizeof(dir), "%s", server_config_get()->snapshot_dir);
+	urcu_memb_read_unlock();
+	store_snap_prune(dir, keep);
+	int rc = store_wal_retire(k->wal, epoch + 1);
+	DOVE_INFO("snapshot of epoch %llu written; %d WAL segment(s) retired",
+		  (unsigned long long)epoch, rc < 0 ? 0 : rc);
+}
+
+void
+server_core_child_exited(pid_t pid, int status)
+{
+	struct core *k = the_core;
+	if (k == NULL || pid != k->snap_child)
+		return;
+	k->snap_child = 0;
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+		snapshot_done(k, k->snap_child_epoch);
+	} else {
+		k->snaps_failed++;
+		DOVE_ERROR("snapshot of epoch %llu failed (status %#x); the "
+			   "WAL is kept",
+			   (unsigned long long)k->snap_child_epoch, status);
+	}
+}
+
+static void
+on_snap_timer(struct server_ev *ev, uint32_t events)
+{
+	struct core *k = the_core;
+	uint64_t ticks;
+	(void)events;
+	ssize_t rd = read(ev->fd, &ticks, sizeof(ticks));
+	(void)rd;
+	urcu_memb_read_lock();
+	int64_t every = server_config_get()->snapshot_every_s;
+	urcu_memb_read_unlock();
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	if (every > 0 && now - k->snap_last_ns >= (uint64_t)every * 1000000000u &&
+	    k->last_epoch != k->snap_last_epoch) {
+		k->snap_last_ns = now;
+		server_core_request_snapshot();
+	}
+}
+
 /* Run or fail every finished flight, oldest first. */
 static void
 drain_flights(struct core *k)
@@ -672,6 +843,7 @@ drain_flights(struct core *k)
 		if (k->dups_waiting > 0)
 			recheck_dups(k);
 		flush_all(k);
+		maybe_snapshot(k);
 	}
 }
 
@@ -821,6 +993,14 @@ server_core_stats_json(struct json_buf *j)
 	json_u64(j, settle_seq_accounts(k->seq));
 	json_key(j, "remembered_ids");
 	json_u64(j, settle_seq_remembered(k->seq));
+	json_key(j, "snapshot_epoch");
+	json_u64(j, k->snap_last_epoch);
+	json_key(j, "snapshot_in_progress");
+	json_bool(j, k->snap_child != 0 || k->snap_wanted);
+	json_key(j, "snapshots_taken");
+	json_u64(j, k->snaps_taken);
+	json_key(j, "snapshots_failed");
+	json_u64(j, k->snaps_failed);
 	json_key(j, "shards");
 	json_arr_begin(j);
 	for (uint32_t s = 0; s < k->nshards; s++)
@@ -886,7 +1066,7 @@ server_core_verify_json(struct json_buf *j)
 
 struct replay {
 	struct core *k;
-	uint64_t transfers, accounts;
+	uint64_t epochs, transfers, accounts;
 	char err[256];
 };
 
@@ -953,6 +1133,7 @@ replay_epoch(void *arg, const struct store_wal_epoch *ep)
 	}
 	run_epoch(k, first, ep->count, ep->epoch, ep->first_lsn);
 	k->rec_head = k->rec_staged = k->rec_tail;
+	rp->epochs++;
 	return 0;
 
 disagree:
@@ -1007,6 +1188,54 @@ listen_tcp(const char *addr)
 	return fd;
 }
 
+/* Restore the newest valid snapshot, if any; *from = first epoch to
+ * replay. 0, or an error (logged). */
+static int
+load_snapshot(struct core *k, const server_config *cfg, uint64_t *from)
+{
+	struct store_snap snap;
+	int got = store_snap_load_newest(cfg->snapshot_dir, &snap);
+	if (got < 0) {
+		DOVE_ERROR("snapshots in %s: %s", cfg->snapshot_dir,
+			   dove_strerror(got));
+		return got;
+	}
+	if (got == 0)
+		return 0;
+	int rc = 0;
+	for (uint64_t i = 0; rc == 0 && i < snap.accounts; i++) {
+		struct settle_account a;
+		memcpy(&a, (const char *)snap.account_data + i * sizeof(a),
+		       sizeof(a));
+		rc = settle_ledger_restore(
+			k->shards[settle_shard_of(a.id, k->nshards)], &a);
+		if (rc == 0)
+			rc = settle_seq_restore_account(k->seq, a.id, a.flags);
+	}
+	for (uint64_t i = 0; rc == 0 && i < snap.ids; i++) {
+		struct settle_seq_id e;
+		memcpy(&e, (const char *)snap.id_data + i * sizeof(e), sizeof(e));
+		rc = settle_seq_restore_id(k->seq, &e);
+	}
+	if (rc != 0) {
+		DOVE_ERROR("snapshot %s (%llu accounts, %llu ids) does not fit: "
+			   "%s; raise [settle] accounts_max / dedup_window",
+			   snap.path, (unsigned long long)snap.accounts,
+			   (unsigned long long)snap.ids, dove_strerror(rc));
+		store_snap_release(&snap);
+		return rc;
+	}
+	k->last_epoch = k->snap_last_epoch = snap.epoch;
+	k->next_lsn = snap.next_lsn;
+	*from = snap.epoch + 1;
+	DOVE_INFO("loaded snapshot %s: epoch %llu, %llu accounts, %llu ids",
+		  snap.path, (unsigned long long)snap.epoch,
+		  (unsigned long long)snap.accounts,
+		  (unsigned long long)snap.ids);
+	store_snap_release(&snap);
+	return 0;
+}
+
 static void *
 xcalloc(size_t n, size_t size)
 {
@@ -1058,20 +1287,49 @@ server_core_open(struct server *srv, store_wal *wal)
 	k->conns = xcalloc(k->max_conns, sizeof(struct conn *));
 	the_core = k;
 
-	/* The ledger is a pure function of the log: rebuild it. */
+	/* The ledger is a pure function of the log: the newest snapshot,
+	 * then every epoch after it. */
+	uint64_t from = 1;
+	rc = load_snapshot(k, cfg, &from);
+	if (rc != 0)
+		return rc;
 	struct replay rp = { .k = k };
 	struct store_wal_scan scan;
 	char dir[PATH_MAX];
 	snprintf(dir, sizeof(dir), "%s", cfg->wal_dir);
-	rc = store_wal_scan(dir, 1, replay_epoch, &rp, &scan);
+	rc = store_wal_scan(dir, from, replay_epoch, &rp, &scan);
 	if (rc != 0) {
 		DOVE_ERROR("replay of %s failed: %s", dir,
 			   rp.err[0] ? rp.err : scan.reason);
 		return rc < 0 ? rc : -DOVE_ECORRUPT;
 	}
-	if (scan.epochs > 0)
+	if ((scan.epochs > 0 && scan.first_epoch > from) ||
+	    scan.next_epoch < from) {
+		DOVE_ERROR("the log in %s holds epochs %llu..%llu but the "
+			   "ledger needs every epoch from %llu on (%s): "
+			   "refusing to start on a ledger with a hole",
+			   dir, (unsigned long long)scan.first_epoch,
+			   (unsigned long long)scan.last_epoch,
+			   (unsigned long long)from,
+			   from > 1 ? "after the newest snapshot"
+				    : "there is no snapshot");
+		return -DOVE_ECORRUPT;
+	}
+
+	k->snap_timer.fd = timerfd_create(CLOCK_MONOTONIC,
+					  TFD_NONBLOCK | TFD_CLOEXEC);
+	DOVE_ASSERT(k->snap_timer.fd >= 0);
+	k->snap_timer.fn = on_snap_timer;
+	struct itimerspec tick = { { 1, 0 }, { 1, 0 } };
+	timerfd_settime(k->snap_timer.fd, 0, &tick, NULL);
+	server_loop_add(&srv->loop, &k->snap_timer, EPOLLIN);
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	k->snap_last_ns = (uint64_t)now.tv_sec * 1000000000u +
+			  (uint64_t)now.tv_nsec;
+	if (rp.epochs > 0)
 		DOVE_INFO("replayed %llu epochs: %llu accounts, %llu transfers",
-			  (unsigned long long)scan.epochs,
+			  (unsigned long long)rp.epochs,
 			  (unsigned long long)rp.accounts,
 			  (unsigned long long)rp.transfers);
 
@@ -1135,6 +1393,27 @@ server_core_close(struct server *srv)
 	for (uint32_t i = 0; i < k->max_conns; i++)
 		if (k->conns[i] != NULL)
 			conn_close(k->conns[i]);
+	/* A clean stop leaves a snapshot, so the next start replays only
+	 * what comes after it. */
+	if (k->snap_child != 0) {
+		int st;
+		if (waitpid(k->snap_child, &st, 0) == k->snap_child)
+			server_core_child_exited(k->snap_child, st);
+	}
+	if (k->last_epoch != 0 && k->last_epoch != k->snap_last_epoch) {
+		char dir[PATH_MAX];
+		snprintf(dir, sizeof(dir), "%s",
+			 server_config_get()->snapshot_dir);
+		int rc = snapshot_write(k, dir);
+		if (rc == 0)
+			snapshot_done(k, k->last_epoch);
+		else
+			DOVE_ERROR("snapshot at stop: %s", dove_strerror(rc));
+	}
+	if (k->snap_timer.fd > 0) {
+		server_loop_del(&srv->loop, &k->snap_timer);
+		close(k->snap_timer.fd);
+	}
 	server_loop_del(&srv->loop, &k->wal_ev);
 	srv->loop.before_wait = NULL;
 	for (uint32_t s = 0; s < k->nshards; s++) {

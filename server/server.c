@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <urcu/urcu-memb.h>
 
@@ -40,6 +41,13 @@ on_signal(struct server_ev *ev, uint32_t events)
 		case SIGINT:
 			server_request_stop(srv, strsignal((int)si.ssi_signo));
 			break;
+		case SIGCHLD: {
+			int st;
+			pid_t pid;
+			while ((pid = waitpid(-1, &st, WNOHANG)) > 0)
+				server_core_child_exited(pid, st);
+			break;
+		}
 		default:
 			DOVE_WARN("unexpected signal %u ignored", si.ssi_signo);
 			break;
@@ -143,6 +151,7 @@ signals_open(struct server *srv)
 	sigaddset(&set, SIGHUP);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGCHLD); /* snapshot children */
 	/* Blocked in this thread before any other exists: every thread
 	 * started later inherits the mask, so only the signalfd sees them. */
 	int rc = pthread_sigmask(SIG_BLOCK, &set, NULL);

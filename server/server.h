@@ -77,6 +77,11 @@ typedef struct server_config {
 	int64_t settle_accounts_max;
 	int64_t settle_dedup_window;
 
+	/* [snapshot] */
+	char *snapshot_dir;
+	int64_t snapshot_every_s;
+	int64_t snapshot_keep;
+
 	/* [wal] */
 	char *wal_dir;
 	int64_t wal_segment_mb;

@@ -94,6 +94,12 @@ int server_core_open(struct server *srv, struct store_wal *wal);
 /* Stop listening, answer everything in flight, free. */
 void server_core_close(struct server *srv);
 
+/* Ask for a snapshot: taken as soon as nothing is in flight (new requests
+ * wait for that moment; it lasts about one commit). */
+void server_core_request_snapshot(void);
+/* SIGCHLD: a snapshot child finished. */
+void server_core_child_exited(pid_t pid, int status);
+
 /* Admin views of the core (main loop thread, between epochs, so the
  * ledger is at an epoch boundary). */
 struct json_buf;

@@ -272,3 +272,18 @@ settle_ledger_valid(const settle_ledger *l)
 	}
 	return count == l->count && count <= l->capacity;
 }
+
+int
+settle_ledger_restore(settle_ledger *l, const struct settle_account *a)
+{
+	if (a->id == 0 || (a->flags & ~(uint32_t)SETTLE_ACCOUNT_FLAGS_ALL))
+		return -EINVAL;
+	if (l->count == l->capacity)
+		return -ENOSPC;
+	struct settle_account *slot = probe(l, a->id);
+	if (slot->id != 0)
+		return -EINVAL;
+	*slot = *a;
+	l->count++;
+	return 0;
+}

@@ -357,3 +357,51 @@ settle_seq_unlog_transfer(settle_seq *q, uint64_t id)
 	    q->fifo[(q->fifo_head + q->fifo_len - 1) % cap] == id)
 		q->fifo_len--;
 }
+
+uint64_t
+settle_seq_foreach_settled(const settle_seq *q,
+			   void (*fn)(void *arg, const struct settle_seq_id *e),
+			   void *arg)
+{
+	uint64_t n = 0;
+	for (uint32_t k = 0; k < q->fifo_len; k++) {
+		uint64_t id = q->fifo[(q->fifo_head + k) % q->ids.capacity];
+		const struct entry *e = table_find(&q->ids, id);
+		if (e == NULL || (e->b & 0xff) == PENDING)
+			continue; /* stale slot, or still in flight */
+		struct settle_seq_id out = { id, e->a, e->b };
+		fn(arg, &out);
+		n++;
+	}
+	return n;
+}
+
+int
+settle_seq_restore_account(settle_seq *q, uint64_t id, uint32_t flags)
+{
+	if (id == 0 || (flags & ~(uint32_t)SETTLE_ACCOUNT_FLAGS_ALL))
+		return -EINVAL;
+	if (table_find(&q->accounts, id))
+		return -EINVAL;
+	if (q->accounts.count == q->accounts.capacity)
+		return -ENOSPC;
+	table_insert(&q->accounts, id)->a = flags;
+	return 0;
+}
+
+int
+settle_seq_restore_id(settle_seq *q, const struct settle_seq_id *e)
+{
+	if (e->id == 0 || (e->epoch_result & 0xff) >= SETTLE_RESULT_COUNT)
+		return -EINVAL;
+	if (table_find(&q->ids, e->id))
+		return -EINVAL;
+	if (q->ids.count == q->ids.capacity || q->fifo_len == q->ids.capacity)
+		return -ENOSPC;
+	struct entry *t = table_insert(&q->ids, e->id);
+	t->a = e->fingerprint;
+	t->b = e->epoch_result;
+	q->fifo[(q->fifo_head + q->fifo_len) % q->ids.capacity] = e->id;
+	q->fifo_len++;
+	return 0;
+}

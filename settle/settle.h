@@ -254,4 +254,31 @@ bool settle_seq_account_flags(const settle_seq *q, uint64_t id,
 uint32_t settle_seq_accounts(const settle_seq *q);
 uint32_t settle_seq_remembered(const settle_seq *q);
 
+/* ---- snapshots of the sequencer and the ledger ---------------------------- */
+
+/* One remembered id as a snapshot stores it. */
+struct settle_seq_id {
+	uint64_t id;
+	uint64_t fingerprint;
+	uint64_t epoch_result; /* epoch << 8 | result */
+};
+
+/* Every settled id, oldest first (ids in flight are skipped: their
+ * records are replayed from the log). Returns how many fn saw. */
+uint64_t settle_seq_foreach_settled(const settle_seq *q,
+				    void (*fn)(void *arg,
+					       const struct settle_seq_id *e),
+				    void *arg);
+
+/* Rebuild from a snapshot, into an empty sequencer: accounts in any order,
+ * ids oldest first. Return 0, or -ENOSPC when the snapshot does not fit
+ * this configuration (accounts_max, dedup_window too small) or -EINVAL
+ * for a duplicate. */
+int settle_seq_restore_account(settle_seq *q, uint64_t id, uint32_t flags);
+int settle_seq_restore_id(settle_seq *q, const struct settle_seq_id *e);
+
+/* Put an account as a snapshot stored it into an empty ledger slot.
+ * Returns 0, -ENOSPC (capacity) or -EINVAL (duplicate, id 0, bad flags). */
+int settle_ledger_restore(settle_ledger *l, const struct settle_account *a);
+
 #endif /* SETTLE_H */

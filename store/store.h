@@ -104,7 +104,9 @@ struct store_wal_scan {
 };
 
 /*
- * Read and validate every epoch of the log in dir, in order, calling fn
+ * Read and validate every epoch of the log in dir, in order (the oldest
+ * segment may start after epoch 1 once older ones were retired; the caller
+ * checks that a snapshot covers what is missing), calling fn
  * (if not NULL) for each epoch >= from_epoch; a non-zero return from fn
  * stops the scan and is returned. Changes nothing on disk. Returns 0 when
  * the scan completed (see scan->status for a torn tail or corruption) or
@@ -175,5 +177,54 @@ struct store_wal_stats {
 	uint32_t segments;
 };
 void store_wal_stats_get(store_wal *w, struct store_wal_stats *st);
+
+/* ---- snapshots ------------------------------------------------------------ */
+
+/*
+ * A snapshot is the ledger and the idempotency window as of the end of an
+ * epoch: dir/snap-<epoch, 20 digits>.snap, written to a temporary file,
+ * fsynced, renamed, directory fsynced. Byte format: docs/snapshot-format.md.
+ * Body: `accounts` struct settle_account records (64 bytes), then `ids`
+ * struct settle_seq_id records (24 bytes), oldest first.
+ */
+#define STORE_SNAP_VERSION 1u
+
+typedef struct store_snap_writer store_snap_writer;
+
+/* Start a snapshot of the state after `epoch`. One writer per process at a
+ * time (it uses a static buffer: safe in a forked child). 0 or -errno. */
+int store_snap_begin(const char *dir, uint64_t epoch, uint64_t next_lsn,
+		     store_snap_writer **out);
+/* Append body bytes (all accounts first, then all ids). 0 or -errno. */
+int store_snap_put(store_snap_writer *w, const void *data, size_t len);
+/* Finish: counts into the header, checksums, fsync, rename, fsync dir.
+ * On failure the temporary file is removed. 0 or -errno. */
+int store_snap_commit(store_snap_writer *w, uint64_t accounts, uint64_t ids);
+/* Give up: remove the temporary file. */
+void store_snap_abort(store_snap_writer *w);
+
+/* A loaded snapshot (read-only mapping). */
+struct store_snap {
+	uint64_t epoch, next_lsn;
+	uint64_t accounts, ids;
+	const void *account_data; /* accounts x 64 bytes */
+	const void *id_data;      /* ids x 24 bytes */
+	char path[PATH_MAX];
+	void *map;
+	size_t map_len;
+};
+
+/*
+ * Map the newest valid snapshot in dir. An invalid one (torn, checksum,
+ * foreign version) is skipped with a warning naming it and the next older
+ * one is tried. Returns 1 when one was loaded, 0 when there is none (or
+ * the directory does not exist), -errno on an I/O error.
+ */
+int store_snap_load_newest(const char *dir, struct store_snap *out);
+void store_snap_release(struct store_snap *s);
+
+/* Delete all but the `keep` newest snapshots (and stale temporaries).
+ * Returns how many were deleted. */
+int store_snap_prune(const char *dir, uint32_t keep);
 
 #endif /* STORE_H */

@@ -309,6 +309,13 @@ store_wal_scan(const char *dir, uint64_t from_epoch,
 			unmap_file(buf, n);
 			break;
 		}
+		/* The first segment may start anywhere (older ones were
+		 * retired behind a snapshot); every later one must continue
+		 * the log exactly. */
+		if (si == 0 && sh.first_epoch == segs[si].first_epoch) {
+			s->next_epoch = sh.first_epoch;
+			s->next_lsn = sh.first_lsn;
+		}
 		if (sh.first_epoch != segs[si].first_epoch ||
 		    sh.first_epoch != s->next_epoch ||
 		    sh.first_lsn != s->next_lsn) {

@@ -35,6 +35,7 @@ usage(FILE *f)
 		"  stats      requests, answers by reason, epochs, shards\n"
 		"  account ID one account's counters, flags and shard\n"
 		"  verify     check the ledger invariants (exit 1 if broken)\n"
+		"  snapshot   write a snapshot now (in the background)\n"
 		"  raw CMD..  send CMD as it is, print the reply\n"
 		"\n"
 		"  -s, --socket PATH   admin socket (default: $DOVE_ADMIN_SOCKET, else\n"
@@ -305,7 +306,8 @@ main(int argc, char **argv)
 		snprintf(cmd, sizeof(cmd), "account %s", argv[optind + 1]);
 	} else if (!strcmp(verb, "status") || !strcmp(verb, "config") ||
 		   !strcmp(verb, "reload") || !strcmp(verb, "shutdown") ||
-		   !strcmp(verb, "stats") || !strcmp(verb, "verify")) {
+		   !strcmp(verb, "stats") || !strcmp(verb, "verify") ||
+		   !strcmp(verb, "snapshot")) {
 		if (optind + 1 != argc) {
 			fprintf(stderr, "dovectl: %s takes no arguments\n", verb);
 			return 2;

@@ -1,0 +1,336 @@
+/*
+ * snapshot.c - snapshot files: the ledger and the idempotency window at an
+ * epoch boundary, checksummed, written atomically (temp file, fsync,
+ * rename, fsync the directory), loaded newest-valid-first.
+ *
+ * The writer may run in a forked child of doved (copy-on-write snapshot):
+ * it uses a static buffer and system calls only, no allocation and no
+ * locks another thread of the parent could have held at fork time.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dove.h"
+#include "settle.h"
+#include "store.h"
+#include "store_int.h"
+
+#define SNAP_MAGIC 0x31504e5345564f44ull /* "DOVESNP1" */
+#define SNAP_TRAILER_MAGIC 0x444e455045564f44ull /* "DOVEPEND" */
+
+struct snap_header {
+	uint64_t magic;
+	uint32_t version;
+	uint32_t header_bytes;
+	uint64_t epoch;
+	uint64_t next_lsn;
+	uint64_t accounts;
+	uint64_t ids;
+	uint64_t created_ns;
+	uint32_t account_bytes; /* sizeof(struct settle_account) */
+	uint32_t id_bytes;      /* sizeof(struct settle_seq_id) */
+};
+_Static_assert(sizeof(struct snap_header) == 64, "snapshot header");
+
+struct snap_trailer {
+	uint32_t crc; /* CRC-32C of the body, continued over the header */
+	uint32_t pad;
+	uint64_t magic;
+};
+_Static_assert(sizeof(struct snap_trailer) == 16, "snapshot trailer");
+
+struct store_snap_writer {
+	int fd;
+	char tmp[PATH_MAX];
+	char final[PATH_MAX];
+	char dir[PATH_MAX];
+	struct snap_header h;
+	uint32_t crc; /* of the body so far */
+	size_t used;
+	uint64_t body_bytes;
+};
+
+/* Static: the writer must not allocate (it may run in a forked child). */
+static struct store_snap_writer writer;
+static unsigned char wbuf[1 << 20];
+
+static int
+write_all(int fd, const void *p, size_t n)
+{
+	const unsigned char *b = p;
+	while (n > 0) {
+		ssize_t w = write(fd, b, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return w < 0 ? -errno : -EIO;
+		b += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+int
+store_snap_begin(const char *dir, uint64_t epoch, uint64_t next_lsn,
+		 store_snap_writer **out)
+{
+	store_snap_writer *w = &writer;
+	DOVE_ASSERT(w->fd == 0 || w->fd == -1); /* one at a time */
+	memset(w, 0, sizeof(*w));
+	char err[256];
+	int rc = store_dir_create(dir, 0750, err, sizeof(err));
+	if (rc != 0)
+		return rc;
+	snprintf(w->dir, sizeof(w->dir), "%.4000s", dir);
+	snprintf(w->tmp, sizeof(w->tmp), "%.4000s/snap-tmp-%d", dir,
+		 (int)getpid());
+	snprintf(w->final, sizeof(w->final), "%.4000s/snap-%020" PRIu64 ".snap",
+		 dir, epoch);
+	w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+	if (w->fd < 0) {
+		rc = -errno;
+		w->fd = -1;
+		return rc;
+	}
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	w->h = (struct snap_header){
+		.magic = SNAP_MAGIC,
+		.version = STORE_SNAP_VERSION,
+		.header_bytes = sizeof(struct snap_header),
+		.epoch = epoch,
+		.next_lsn = next_lsn,
+		.created_ns = (uint64_t)ts.tv_sec * 1000000000u +
+			      (uint64_t)ts.tv_nsec,
+		.account_bytes = sizeof(struct settle_account),
+		.id_bytes = sizeof(struct settle_seq_id),
+	};
+	/* The header goes in last (with the counts); leave room for it. */
+	if (lseek(w->fd, sizeof(struct snap_header), SEEK_SET) < 0) {
+		rc = -errno;
+		store_snap_abort(w);
+		return rc;
+	}
+	*out = w;
+	return 0;
+}
+
+static int
+flush(store_snap_writer *w)
+{
+	int rc = write_all(w->fd, wbuf, w->used);
+	w->used = 0;
+	return rc;
+}
+
+int
+store_snap_put(store_snap_writer *w, const void *data, size_t len)
+{
+	const unsigned char *p = data;
+	w->crc = store_crc32c(w->crc, data, len);
+	w->body_bytes += len;
+	while (len > 0) {
+		size_t n = sizeof(wbuf) - w->used < len ? sizeof(wbuf) - w->used
+							 : len;
+		memcpy(wbuf + w->used, p, n);
+		w->used += n;
+		p += n;
+		len -= n;
+		if (w->used == sizeof(wbuf)) {
+			int rc = flush(w);
+			if (rc != 0)
+				return rc;
+		}
+	}
+	return 0;
+}
+
+int
+store_snap_commit(store_snap_writer *w, uint64_t accounts, uint64_t ids)
+{
+	DOVE_ASSERT(w->body_bytes == accounts * sizeof(struct settle_account) +
+					     ids * sizeof(struct settle_seq_id));
+	w->h.accounts = accounts;
+	w->h.ids = ids;
+	int rc = flush(w);
+	/* Body first, then the header (as the WAL does): the body's CRC ran
+	 * as it was written, and the counts are known only now. */
+	struct snap_trailer t = { .magic = SNAP_TRAILER_MAGIC };
+	t.crc = store_crc32c(w->crc, &w->h, sizeof(w->h));
+	if (rc == 0)
+		rc = write_all(w->fd, &t, sizeof(t));
+	if (rc == 0 && pwrite(w->fd, &w->h, sizeof(w->h), 0) != sizeof(w->h))
+		rc = -EIO;
+	if (rc == 0 && fsync(w->fd) != 0)
+		rc = -errno;
+	if (rc == 0 && rename(w->tmp, w->final) != 0)
+		rc = -errno;
+	if (rc != 0) {
+		store_snap_abort(w);
+		return rc;
+	}
+	close(w->fd);
+	w->fd = -1;
+	int dfd = open(w->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) {
+		if (fsync(dfd) != 0)
+			rc = -errno;
+		close(dfd);
+	}
+	return rc;
+}
+
+void
+store_snap_abort(store_snap_writer *w)
+{
+	if (w->fd >= 0) {
+		close(w->fd);
+		unlink(w->tmp);
+	}
+	w->fd = -1;
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+static int
+list_snaps(const char *dir, uint64_t *epochs, int max)
+{
+	DIR *d = opendir(dir);
+	if (d == NULL)
+		return errno == ENOENT ? 0 : -errno;
+	int n = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL && n < max) {
+		uint64_t ep;
+		char tail[8];
+		if (strlen(e->d_name) == 5 + 20 + 5 &&
+		    sscanf(e->d_name, "snap-%20" SCNu64 "%7s", &ep, tail) == 2 &&
+		    strcmp(tail, ".snap") == 0)
+			epochs[n++] = ep;
+	}
+	closedir(d);
+	/* Newest first. */
+	for (int i = 1; i < n; i++)
+		for (int k = i; k > 0 && epochs[k] > epochs[k - 1]; k--) {
+			uint64_t t = epochs[k];
+			epochs[k] = epochs[k - 1];
+			epochs[k - 1] = t;
+		}
+	return n;
+}
+
+/* Validate a mapped snapshot; NULL if sound, else why not. */
+static const char *
+snap_check(const unsigned char *p, size_t n, uint64_t epoch,
+	   struct snap_header *h)
+{
+	if (n < sizeof(*h) + sizeof(struct snap_trailer))
+		return "shorter than header and trailer";
+	memcpy(h, p, sizeof(*h));
+	if (h->magic != SNAP_MAGIC)
+		return "bad magic";
+	if (h->version != STORE_SNAP_VERSION || h->header_bytes != sizeof(*h) ||
+	    h->account_bytes != sizeof(struct settle_account) ||
+	    h->id_bytes != sizeof(struct settle_seq_id))
+		return "another format version";
+	if (h->epoch != epoch)
+		return "epoch differs from the file name";
+	if (h->accounts > n / sizeof(struct settle_account) ||
+	    h->ids > n / sizeof(struct settle_seq_id) ||
+	    sizeof(*h) + h->accounts * sizeof(struct settle_account) +
+			    h->ids * sizeof(struct settle_seq_id) +
+			    sizeof(struct snap_trailer) !=
+		    n)
+		return "size does not match its counts (torn?)";
+	struct snap_trailer t;
+	memcpy(&t, p + n - sizeof(t), sizeof(t));
+	if (t.magic != SNAP_TRAILER_MAGIC)
+		return "bad trailer";
+	uint32_t crc = store_crc32c(0, p + sizeof(*h),
+				    n - sizeof(*h) - sizeof(t));
+	if (store_crc32c(crc, h, sizeof(*h)) != t.crc)
+		return "checksum mismatch";
+	return NULL;
+}
+
+int
+store_snap_load_newest(const char *dir, struct store_snap *out)
+{
+	uint64_t epochs[256];
+	int n = list_snaps(dir, epochs, 256);
+	if (n < 0)
+		return n;
+	for (int i = 0; i < n; i++) {
+		char path[PATH_MAX];
+		snprintf(path, sizeof(path), "%.4000s/snap-%020" PRIu64 ".snap",
+			 dir, epochs[i]);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		struct stat st;
+		void *p = MAP_FAILED;
+		if (fstat(fd, &st) == 0 && st.st_size > 0)
+			p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE,
+				 fd, 0);
+		close(fd);
+		struct snap_header h;
+		const char *why = p == MAP_FAILED
+					  ? "cannot be read"
+					  : snap_check(p, (size_t)st.st_size,
+						       epochs[i], &h);
+		if (why != NULL) {
+			DOVE_WARN("snapshot %s is not usable (%s); trying an "
+				  "older one",
+				  path, why);
+			if (p != MAP_FAILED)
+				munmap(p, (size_t)st.st_size);
+			continue;
+		}
+		memset(out, 0, sizeof(*out));
+		out->epoch = h.epoch;
+		out->next_lsn = h.next_lsn;
+		out->accounts = h.accounts;
+		out->ids = h.ids;
+		out->account_data = (const unsigned char *)p + sizeof(h);
+		out->id_data = (const unsigned char *)p + sizeof(h) +
+			       h.accounts * sizeof(struct settle_account);
+		snprintf(out->path, sizeof(out->path), "%s", path);
+		out->map = p;
+		out->map_len = (size_t)st.st_size;
+		return 1;
+	}
+	return 0;
+}
+
+void
+store_snap_release(struct store_snap *s)
+{
+	if (s->map != NULL)
+		munmap(s->map, s->map_len);
+	s->map = NULL;
+}
+
+int
+store_snap_prune(const char *dir, uint32_t keep)
+{
+	uint64_t epochs[256];
+	int n = list_snaps(dir, epochs, 256);
+	int deleted = 0;
+	for (int i = (int)keep; i < n; i++) {
+		char path[PATH_MAX];
+		snprintf(path, sizeof(path), "%.4000s/snap-%020" PRIu64 ".snap",
+			 dir, epochs[i]);
+		if (unlink(path) == 0)
+			deleted++;
+	}
+	return deleted;
+}
