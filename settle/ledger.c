@@ -14,6 +14,7 @@
 
 #include "dove.h"
 #include "settle.h"
+#include "settle_int.h"
 
 _Static_assert(sizeof(struct settle_account_rec) == 16, "account record");
 _Static_assert(sizeof(struct settle_transfer) == 48, "transfer record");
@@ -51,25 +52,13 @@ settle_result_name(enum settle_result r)
 	return result_names[r];
 }
 
-/* splitmix64's finaliser: ids are often sequential; spread them. */
-static inline uint64_t
-mix(uint64_t x)
-{
-	x ^= x >> 30;
-	x *= 0xbf58476d1ce4e5b9ull;
-	x ^= x >> 27;
-	x *= 0x94d049bb133111ebull;
-	x ^= x >> 31;
-	return x;
-}
-
 uint32_t
 settle_shard_of(uint64_t id, uint32_t nshards)
 {
 	DOVE_ASSERT(nshards >= 1);
 	/* The high bits: the table uses the low ones, so a shard's accounts
 	 * still spread over its whole table. */
-	return (uint32_t)((mix(id) >> 32) % nshards);
+	return (uint32_t)((settle_mix64(id) >> 32) % nshards);
 }
 
 int
@@ -117,7 +106,7 @@ static struct settle_account *
 probe(const settle_ledger *l, uint64_t id)
 {
 	DOVE_ASSERT(id != 0);
-	uint64_t i = mix(id) & l->mask;
+	uint64_t i = settle_mix64(id) & l->mask;
 	/* At most half full: a probe always ends at an empty slot. */
 	for (;;) {
 		struct settle_account *a = &l->slots[i];

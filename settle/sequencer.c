@@ -14,6 +14,7 @@
 
 #include "dove.h"
 #include "settle.h"
+#include "settle_int.h"
 
 /* Result byte of an id still in flight. */
 #define PENDING 0xffu
@@ -37,17 +38,6 @@ struct settle_seq {
 	uint32_t fifo_head, fifo_len;
 };
 
-static inline uint64_t
-mix(uint64_t x)
-{
-	x ^= x >> 31;
-	x *= 0x7fb5d329728ea185ull;
-	x ^= x >> 27;
-	x *= 0x81dadef4bc2dd44dull;
-	x ^= x >> 33;
-	return x;
-}
-
 static int
 table_init(struct table *t, uint32_t capacity)
 {
@@ -68,7 +58,7 @@ static struct entry *
 table_probe(const struct table *t, uint64_t key)
 {
 	DOVE_ASSERT(key != 0);
-	for (uint64_t i = mix(key) & t->mask;; i = (i + 1) & t->mask)
+	for (uint64_t i = settle_mix64(key) & t->mask;; i = (i + 1) & t->mask)
 		if (t->e[i].key == key || t->e[i].key == 0)
 			return &t->e[i];
 }
@@ -102,7 +92,7 @@ table_remove(struct table *t, uint64_t key)
 	uint64_t hole = (uint64_t)(e - t->e);
 	for (uint64_t i = (hole + 1) & t->mask; t->e[i].key != 0;
 	     i = (i + 1) & t->mask) {
-		uint64_t home = mix(t->e[i].key) & t->mask;
+		uint64_t home = settle_mix64(t->e[i].key) & t->mask;
 		/* Move i into the hole unless its home lies cyclically in
 		 * (hole, i]: then it is already where a probe finds it. */
 		bool stays = hole <= i ? (home > hole && home <= i)
@@ -206,11 +196,11 @@ settle_seq_unlog_account(settle_seq *q, uint64_t id)
 static uint64_t
 fingerprint(const struct settle_transfer *t)
 {
-	uint64_t h = mix(t->debit);
-	h = mix(h ^ t->credit);
-	h = mix(h ^ t->amount);
-	h = mix(h ^ t->ref);
-	h = mix(h ^ ((uint64_t)t->code << 16 | t->flags));
+	uint64_t h = settle_mix64(t->debit);
+	h = settle_mix64(h ^ t->credit);
+	h = settle_mix64(h ^ t->amount);
+	h = settle_mix64(h ^ t->ref);
+	h = settle_mix64(h ^ ((uint64_t)t->code << 16 | t->flags));
 	return h | 1; /* never 0 */
 }
 

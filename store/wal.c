@@ -877,6 +877,25 @@ zero_tail(store_wal *w, const char *path, uint64_t off)
 	return rc;
 }
 
+/* Free what open built, whatever point it reached (the committer is not
+ * running). */
+static void
+wal_free(store_wal *w)
+{
+	if (w->fd >= 0)
+		close(w->fd);
+	for (int i = 0; i < 2; i++)
+		free(w->bufs[i].data);
+	if (w->event_fd > 0)
+		close(w->event_fd);
+	pthread_mutex_destroy(&w->mu);
+	pthread_cond_destroy(&w->has_data);
+	pthread_cond_destroy(&w->has_room);
+	pthread_cond_destroy(&w->done);
+	free(w->segs);
+	free(w);
+}
+
 int
 store_wal_open(const struct store_wal_config *cfg, store_wal **out,
 	       struct store_wal_scan *scan_out, char *err, size_t errlen)
@@ -1005,8 +1024,6 @@ store_wal_open(const struct store_wal_config *cfg, store_wal **out,
 	if (w->event_fd < 0) {
 		rc = -errno;
 		snprintf(err, errlen, "wal: eventfd: %s", dove_strerror(rc));
-		for (int i = 0; i < 2; i++)
-			free(w->bufs[i].data);
 		goto out_free;
 	}
 	rc = -pthread_create(&w->committer, NULL, committer_main, w);
@@ -1017,14 +1034,7 @@ store_wal_open(const struct store_wal_config *cfg, store_wal **out,
 	return 0;
 
 out_free:
-	if (w->fd >= 0)
-		close(w->fd);
-	pthread_mutex_destroy(&w->mu);
-	pthread_cond_destroy(&w->has_data);
-	pthread_cond_destroy(&w->has_room);
-	pthread_cond_destroy(&w->done);
-	free(w->segs);
-	free(w);
+	wal_free(w);
 	return rc;
 }
 
@@ -1038,23 +1048,13 @@ store_wal_close(store_wal *w)
 	pthread_cond_signal(&w->has_data);
 	pthread_mutex_unlock(&w->mu);
 	pthread_join(w->committer, NULL);
-	if (w->fd >= 0)
-		close(w->fd);
 	if (w->next_fd >= 0) {
 		char path[PATH_MAX];
 		snprintf(path, sizeof(path), "%s/" NEXT_NAME, w->dir);
 		close(w->next_fd);
 		unlink(path);
 	}
-	for (int i = 0; i < 2; i++)
-		free(w->bufs[i].data);
-	close(w->event_fd);
-	pthread_mutex_destroy(&w->mu);
-	pthread_cond_destroy(&w->has_data);
-	pthread_cond_destroy(&w->has_room);
-	pthread_cond_destroy(&w->done);
-	free(w->segs);
-	free(w);
+	wal_free(w);
 }
 
 int
