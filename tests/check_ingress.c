@@ -245,9 +245,10 @@ START_TEST(tcp_listener)
 }
 END_TEST
 
-/* SIGKILL at random moments while a client pipelines transfers; after
- * each restart every answered transfer is there exactly once (resubmitting
- * it says dup with the same epoch) and the money adds up. */
+/* SIGKILL at random moments (sometimes while a snapshot is being written)
+ * while four connections pipeline transfers; after each restart every
+ * answered transfer is there exactly once (resubmitting it says dup with
+ * the same epoch) and the money adds up. */
 START_TEST(crash_recovery_answered_exactly_once)
 {
 	dh_start(&h);
@@ -260,39 +261,65 @@ START_TEST(crash_recovery_answered_exactly_once)
 	uint64_t next_id = 100, total_ok = 0;
 	unsigned seed = 3;
 	for (int kill_no = 0; kill_no < 20; kill_no++) {
-		fd = dh_ingress(&h);
+		enum { CONNS = 4 };
+		int fds[CONNS];
+		for (int c = 0; c < CONNS; c++)
+			fds[c] = dh_ingress(&h);
 		pid_t killer = fork();
 		if (killer == 0) {
 			usleep(5000 + (useconds_t)(rand_r(&seed) % 60000));
 			kill(h.pid, SIGKILL);
 			_exit(0);
 		}
-		/* Pipelined bursts until the server dies under us; record
-		 * every OK we were told. */
+		/* Pipelined bursts on several connections until the server
+		 * dies under us, with a snapshot asked for part way (the kill
+		 * may land while its child writes). */
 		enum { BURST = 50 };
 		bool alive = true;
-		while (alive && next_id + BURST < 20000) {
-			char lines[BURST][48];
-			const char *ptr[BURST];
-			char rep[BURST][256];
+		int bursts = 0;
+		while (alive && next_id + CONNS * BURST < 20000) {
+			static char lines[CONNS][BURST][48];
+			static char rep[CONNS][BURST][256];
 			memset(rep, 0, sizeof(rep));
-			for (int i = 0; i < BURST; i++) {
-				snprintf(lines[i], sizeof(lines[i]),
-					 "TRANSFER %llu 1 2 3",
-					 (unsigned long long)(next_id + i));
-				ptr[i] = lines[i];
+			for (int c = 0; c < CONNS; c++) {
+				char out[BURST * 48];
+				size_t len = 0;
+				for (int i = 0; i < BURST; i++) {
+					snprintf(lines[c][i], sizeof(lines[c][i]),
+						 "TRANSFER %llu 1 2 3",
+						 (unsigned long long)(next_id +
+								      (uint64_t)(c * BURST + i)));
+					len += (size_t)snprintf(out + len,
+								sizeof(out) - len,
+								"%s\n", lines[c][i]);
+				}
+				if (send(fds[c], out, len, MSG_NOSIGNAL) !=
+				    (ssize_t)len)
+					alive = false;
 			}
-			alive = dh_lines(fd, ptr, BURST, rep);
-			for (int i = 0; i < BURST; i++)
-				if (strncmp(rep[i], "OK ", 3) == 0)
-					snprintf(answered[next_id + i], 32,
-						 "%.31s", rep[i]);
-			next_id += BURST;
+			for (int c = 0; c < CONNS && alive; c++)
+				for (int i = 0; i < BURST && alive; i++)
+					alive = dh_read_line(fds[c], rep[c][i], 256);
+			for (int c = 0; c < CONNS; c++)
+				for (int i = 0; i < BURST; i++)
+					if (strncmp(rep[c][i], "OK ", 3) == 0)
+						snprintf(answered[next_id + (uint64_t)(c * BURST + i)],
+							 32, "%.31s", rep[c][i]);
+			next_id += CONNS * BURST;
+			if (alive && ++bursts == 3) {
+				int afd = dh_connect(h.sock);
+				char ar[512];
+				if (afd >= 0) {
+					dh_cmd_fd(afd, "snapshot", ar, sizeof(ar));
+					close(afd);
+				}
+			}
 		}
 		waitpid(killer, NULL, 0);
 		waitpid(h.pid, NULL, 0);
 		h.pid = 0;
-		close(fd);
+		for (int c = 0; c < CONNS; c++)
+			close(fds[c]);
 		seed = seed * 1103515245 + 12345;
 		dh_start(&h);
 	}
@@ -312,6 +339,10 @@ START_TEST(crash_recovery_answered_exactly_once)
 		total_ok++;
 	}
 	ck_assert_uint_ge(total_ok, 100); /* the test did something */
+	/* ...and snapshots were written and loaded along the way. */
+	static char log[1 << 20];
+	dh_read_file(h.log, log, sizeof(log));
+	ck_assert_msg(strstr(log, "loaded snapshot"), "no snapshot was loaded");
 	/* The ledger holds at least every answered transfer (some applied
 	 * but unanswered ones may be there too: the client never heard),
 	 * and debits equal credits. */
