@@ -640,6 +640,351 @@ START_TEST(seq_directory_random_deletes)
 }
 END_TEST
 
+/* ---- the whole decision path against a model ---------------------------- */
+
+/*
+ * Random request streams — accounts, transfers, chains, exact repeats,
+ * conflicting repeats, unknown accounts, zero and overflowing amounts,
+ * insufficient funds — cut into epochs at random. The engine is what the
+ * server runs (sequencer decides; logged records run as an epoch on the
+ * shards; results resolve the sequencer); the model implements DESIGN.md's
+ * rules directly with plain arrays. Every reply (result, epoch, dup) and
+ * every final balance must agree.
+ */
+#define FM_IDS 48    /* account ids 1..47 */
+#define FM_TIDS 300  /* transfer ids 1..299: repeats are common */
+#define FM_REQS 64   /* requests per epoch, at most */
+
+struct fm_req {
+	bool account;
+	struct settle_account_rec a;
+	struct settle_transfer t[3];
+	uint32_t n;
+};
+
+struct fm_reply {
+	uint8_t result;
+	bool dup;
+	uint64_t epoch;
+};
+
+static struct fm_reply
+fm_err(int r)
+{
+	return (struct fm_reply){ (uint8_t)r, false, 0 };
+}
+
+struct fm_model {
+	bool exists[FM_IDS];
+	uint32_t flags[FM_IDS];
+	settle_u128 debits[FM_IDS], credits[FM_IDS];
+	bool known[FM_TIDS];
+	struct settle_transfer orig[FM_TIDS];
+	uint8_t result[FM_TIDS];
+	uint64_t epoch_of[FM_TIDS];
+};
+
+static bool
+fm_same(const struct settle_transfer *a, const struct settle_transfer *b)
+{
+	return a->debit == b->debit && a->credit == b->credit &&
+	       a->amount == b->amount && a->code == b->code &&
+	       a->ref == b->ref && a->flags == b->flags;
+}
+
+/* The model: one epoch of requests; replies in request order. */
+static void
+fm_model_epoch(struct fm_model *m, const struct fm_req *rq, uint32_t nreq,
+	       uint64_t epoch, struct fm_reply (*rep)[3])
+{
+	/* Logged transfers of this epoch, in order, to run at its end. */
+	uint32_t run_req[FM_REQS * 3], nrun = 0;
+	bool repeat_of_pending[FM_REQS][3];
+	memset(repeat_of_pending, 0, sizeof(repeat_of_pending));
+	for (uint32_t r = 0; r < nreq; r++) {
+		const struct fm_req *q = &rq[r];
+		if (q->account) {
+			uint64_t id = q->a.id;
+			if (m->exists[id]) {
+				rep[r][0] = fm_err(SETTLE_ACCOUNT_EXISTS);
+			} else {
+				m->exists[id] = true;
+				m->flags[id] = q->a.flags;
+				rep[r][0] = (struct fm_reply){ SETTLE_OK, false, epoch };
+			}
+			continue;
+		}
+		uint32_t known = 0, same = 0;
+		for (uint32_t k = 0; k < q->n; k++) {
+			if (m->known[q->t[k].id]) {
+				known++;
+				same += fm_same(&m->orig[q->t[k].id], &q->t[k]);
+			}
+		}
+		if (known == q->n && same == q->n) {
+			for (uint32_t k = 0; k < q->n; k++) {
+				uint64_t id = q->t[k].id;
+				if (m->epoch_of[id] == epoch) {
+					repeat_of_pending[r][k] = true; /* later */
+				} else {
+					rep[r][k] = (struct fm_reply){
+						m->result[id], m->result[id] == SETTLE_OK,
+						m->epoch_of[id] };
+				}
+			}
+			continue;
+		}
+		enum settle_result why = SETTLE_OK;
+		uint32_t at = 0;
+		if (known > 0) {
+			for (uint32_t k = 0; k < q->n; k++)
+				rep[r][k] = fm_err(m->known[q->t[k].id] ? SETTLE_ID_CONFLICT : SETTLE_LINKED_FAILED);
+			continue;
+		}
+		for (uint32_t k = 1; k < q->n; k++)
+			if (q->t[k].debit != q->t[0].debit)
+				why = SETTLE_LINKED_MULTI_DEBIT;
+		if (why != SETTLE_OK) {
+			for (uint32_t k = 0; k < q->n; k++)
+				rep[r][k] = fm_err(why);
+			continue;
+		}
+		for (uint32_t k = 0; k < q->n && why == SETTLE_OK; k++) {
+			const struct settle_transfer *t = &q->t[k];
+			at = k;
+			if (t->debit == t->credit)
+				why = SETTLE_SAME_ACCOUNT;
+			else if (t->amount == 0)
+				why = SETTLE_ZERO_AMOUNT;
+			else if (t->amount > SETTLE_AMOUNT_MAX)
+				why = SETTLE_OVERFLOW;
+			else if (!m->exists[t->debit] || !m->exists[t->credit])
+				why = SETTLE_NO_SUCH_ACCOUNT;
+			for (uint32_t j = 0; why == SETTLE_OK && j < k; j++)
+				if (q->t[j].id == t->id)
+					why = SETTLE_ID_CONFLICT;
+		}
+		if (why != SETTLE_OK) {
+			for (uint32_t k = 0; k < q->n; k++)
+				rep[r][k] = fm_err(k == at ? why : SETTLE_LINKED_FAILED);
+			continue;
+		}
+		for (uint32_t k = 0; k < q->n; k++) {
+			m->known[q->t[k].id] = true;
+			m->orig[q->t[k].id] = q->t[k];
+			m->epoch_of[q->t[k].id] = epoch;
+			run_req[nrun++] = r;
+		}
+	}
+	/* The epoch runs: debits in order against the previous epoch's
+	 * credits, chains whole; credits at the end. */
+	uint64_t pend_acct[FM_REQS * 3], pend_amt[FM_REQS * 3];
+	uint32_t npend = 0;
+	for (uint32_t i = 0; i < nrun;) {
+		const struct fm_req *q = &rq[run_req[i]];
+		uint32_t n = q->n;
+		uint64_t d = q->t[0].debit;
+		settle_u128 spent = m->debits[d];
+		uint32_t failed = UINT32_MAX;
+		for (uint32_t k = 0; k < n; k++) {
+			spent += q->t[k].amount;
+			if ((m->flags[d] & SETTLE_ACCOUNT_NONNEG) &&
+			    spent > m->credits[d] && failed == UINT32_MAX)
+				failed = k;
+		}
+		for (uint32_t k = 0; k < n; k++) {
+			uint8_t res = failed == UINT32_MAX ? SETTLE_OK
+				      : k == failed   ? SETTLE_INSUFFICIENT_FUNDS
+						      : SETTLE_LINKED_FAILED;
+			m->result[q->t[k].id] = res;
+			rep[run_req[i]][k] = (struct fm_reply){ res, false, epoch };
+			if (failed == UINT32_MAX) {
+				m->debits[d] += q->t[k].amount;
+				pend_acct[npend] = q->t[k].credit;
+				pend_amt[npend++] = q->t[k].amount;
+			}
+		}
+		i += n;
+	}
+	for (uint32_t k = 0; k < npend; k++)
+		m->credits[pend_acct[k]] += pend_amt[k];
+	for (uint32_t r = 0; r < nreq; r++)
+		for (uint32_t k = 0; k < 3; k++)
+			if (repeat_of_pending[r][k]) {
+				uint64_t id = rq[r].t[k].id;
+				rep[r][k] = (struct fm_reply){
+					m->result[id], m->result[id] == SETTLE_OK,
+					epoch };
+			}
+}
+
+/* The engine, the way server/core.c drives it. */
+static void
+fm_engine_epoch(settle_seq *q, struct engine *e, const struct fm_req *rq,
+		uint32_t nreq, uint64_t epoch, struct fm_reply (*rep)[3])
+{
+	static struct settle_op ops[FM_REQS * 3];
+	uint32_t where_r[FM_REQS * 3], where_k[FM_REQS * 3], nops = 0;
+	bool pending[FM_REQS][3];
+	memset(pending, 0, sizeof(pending));
+	for (uint32_t r = 0; r < nreq; r++) {
+		struct settle_seq_answer ans[3];
+		if (rq[r].account) {
+			settle_seq_account(q, &rq[r].a, ans);
+			if (ans[0].verdict == SETTLE_SEQ_LOG) {
+				ops[nops] = (struct settle_op){
+					.lsn = nops + 1, .type = SETTLE_REC_ACCOUNT };
+				ops[nops].u.account = rq[r].a;
+				where_r[nops] = r;
+				where_k[nops++] = 0;
+			} else {
+				rep[r][0] = fm_err(ans[0].result);
+			}
+			continue;
+		}
+		settle_seq_chain(q, rq[r].t, rq[r].n, ans);
+		for (uint32_t k = 0; k < rq[r].n; k++) {
+			switch (ans[k].verdict) {
+			case SETTLE_SEQ_LOG:
+				ops[nops] = (struct settle_op){
+					.lsn = nops + 1, .type = SETTLE_REC_TRANSFER };
+				ops[nops].u.transfer = rq[r].t[k];
+				where_r[nops] = r;
+				where_k[nops++] = k;
+				break;
+			case SETTLE_SEQ_REFUSED:
+				rep[r][k] = fm_err(ans[k].result);
+				break;
+			case SETTLE_SEQ_DONE:
+				rep[r][k] = (struct fm_reply){
+					ans[k].result, ans[k].result == SETTLE_OK,
+					ans[k].epoch };
+				break;
+			case SETTLE_SEQ_PENDING:
+				pending[r][k] = true;
+				break;
+			}
+		}
+	}
+	uint8_t res[FM_REQS * 3];
+	engine_epoch(e, ops, nops, res);
+	for (uint32_t i = 0; i < nops; i++) {
+		if (ops[i].type == SETTLE_REC_TRANSFER)
+			settle_seq_resolve(q, ops[i].u.transfer.id,
+					   (enum settle_result)res[i], epoch);
+		rep[where_r[i]][where_k[i]] = (struct fm_reply){ res[i], false,
+								 epoch };
+	}
+	for (uint32_t r = 0; r < nreq; r++)
+		for (uint32_t k = 0; k < 3; k++) {
+			if (!pending[r][k])
+				continue;
+			struct settle_seq_answer a;
+			settle_seq_chain(q, &rq[r].t[k], 1, &a);
+			ck_assert_int_eq(a.verdict, SETTLE_SEQ_DONE);
+			rep[r][k] = (struct fm_reply){ a.result,
+						      a.result == SETTLE_OK,
+						      a.epoch };
+		}
+}
+
+static void
+fm_random(unsigned *seed, struct fm_req *q, const struct fm_req *history,
+	  uint32_t nhist)
+{
+	memset(q, 0, sizeof(*q));
+	int dice = rand_r(seed) % 20;
+	if (dice < 3) {
+		q->account = true;
+		q->a.id = (uint64_t)(rand_r(seed) % (FM_IDS - 1)) + 1;
+		q->a.flags = rand_r(seed) % 3 ? SETTLE_ACCOUNT_NONNEG : 0;
+		return;
+	}
+	if (dice < 6 && nhist > 0) {
+		*q = history[rand_r(seed) % nhist]; /* an exact repeat */
+		if (dice == 5 && !q->account)
+			q->t[q->n - 1].amount++; /* ...or a conflicting one */
+		return;
+	}
+	q->n = dice < 9 ? 2 + (uint32_t)(rand_r(seed) % 2) : 1;
+	uint64_t debit = (uint64_t)(rand_r(seed) % (FM_IDS - 1)) + 1;
+	for (uint32_t k = 0; k < q->n; k++) {
+		struct settle_transfer *t = &q->t[k];
+		t->id = (uint64_t)(rand_r(seed) % (FM_TIDS - 1)) + 1;
+		t->debit = rand_r(seed) % 25 ? debit
+					     : (uint64_t)(rand_r(seed) % (FM_IDS - 1)) + 1;
+		t->credit = (uint64_t)(rand_r(seed) % (FM_IDS - 1)) + 1;
+		switch (rand_r(seed) % 12) {
+		case 0: t->amount = 0; break;
+		case 1: t->amount = SETTLE_AMOUNT_MAX + 1; break;
+		case 2: t->amount = SETTLE_AMOUNT_MAX; break;
+		default: t->amount = (uint64_t)(rand_r(seed) % 400) + 1;
+		}
+		t->code = (uint16_t)(rand_r(seed) % 6);
+		t->ref = (uint64_t)(rand_r(seed) % 3);
+		t->flags = k + 1 < q->n ? SETTLE_TRANSFER_LINKED : 0;
+	}
+}
+
+START_TEST(decisions_match_model)
+{
+	for (int sn = 0; sn < 20; sn++) {
+		unsigned seed = (unsigned)(_i * 20 + sn) * 2246822519u + 7;
+		struct fm_model m;
+		memset(&m, 0, sizeof(m));
+		settle_seq *q;
+		ck_assert_int_eq(settle_seq_create(FM_IDS, 1 << 12, &q), 0);
+		struct engine e;
+		engine_init(&e, (uint32_t)(sn % 3) + 1, FM_IDS);
+		static struct fm_req hist[4096];
+		uint32_t nhist = 0;
+		for (uint64_t epoch = 1; epoch <= 40; epoch++) {
+			struct fm_req rq[FM_REQS];
+			uint32_t n = (uint32_t)(rand_r(&seed) % FM_REQS) + 1;
+			for (uint32_t r = 0; r < n; r++) {
+				fm_random(&seed, &rq[r], hist, nhist);
+				if (nhist < 4096)
+					hist[nhist++] = rq[r];
+			}
+			struct fm_reply want[FM_REQS][3], got[FM_REQS][3];
+			memset(want, 0, sizeof(want));
+			memset(got, 0, sizeof(got));
+			fm_model_epoch(&m, rq, n, epoch, want);
+			fm_engine_epoch(q, &e, rq, n, epoch, got);
+			for (uint32_t r = 0; r < n; r++)
+				for (uint32_t k = 0; k < (rq[r].account ? 1 : rq[r].n);
+				     k++)
+					if (memcmp(&want[r][k], &got[r][k],
+						   sizeof(want[r][k])) != 0 &&
+					    (want[r][k].result != got[r][k].result ||
+					     want[r][k].dup != got[r][k].dup ||
+					     want[r][k].epoch != got[r][k].epoch))
+						ck_abort_msg(
+							"seed %d epoch %llu req %u.%u: "
+							"engine %s%s@%llu, model %s%s@%llu",
+							_i * 20 + sn,
+							(unsigned long long)epoch, r, k,
+							settle_result_name(got[r][k].result),
+							got[r][k].dup ? " dup" : "",
+							(unsigned long long)got[r][k].epoch,
+							settle_result_name(want[r][k].result),
+							want[r][k].dup ? " dup" : "",
+							(unsigned long long)want[r][k].epoch);
+		}
+		for (uint64_t id = 1; id < FM_IDS; id++) {
+			const struct settle_account *a = engine_find(&e, id);
+			ck_assert(m.exists[id] == (a != NULL));
+			if (a && (a->debits_posted != m.debits[id] ||
+				  a->credits_posted != m.credits[id]))
+				ck_abort_msg("seed %d: account %llu differs",
+					     _i * 20 + sn, (unsigned long long)id);
+		}
+		engine_free(&e);
+		settle_seq_destroy(q);
+	}
+}
+END_TEST
+
 static Suite *
 settle_suite(void)
 {
@@ -667,6 +1012,8 @@ settle_suite(void)
 	int seeds = v && *v ? atoi(v) : 3000;
 	tcase_add_loop_test(tc, engine_matches_model, 0,
 			    (seeds + SEEDS_PER_TEST - 1) / SEEDS_PER_TEST);
+	/* 20 seeds per test: 1000 seeds of the whole decision path. */
+	tcase_add_loop_test(tc, decisions_match_model, 0, seeds / 3 / 20);
 	suite_add_tcase(s, tc);
 	return s;
 }
