@@ -81,7 +81,11 @@ static const struct server_config_key keys[] = {
 	  "read (backpressure)" },
 
 	{ "settle", "shards", SERVER_CFG_INT, 0, 1, 64, NULL, "1", F(settle_shards),
-	  "ledger shards (accounts are split by a hash of their id)" },
+	  "ledger shards, accounts split by a hash of their id; with more than "
+	  "one, each runs on its own thread" },
+	{ "settle", "cpus", SERVER_CFG_CPUS, 0, NOLIM, NULL, "", F(settle_cpus),
+	  "pin shard threads to these CPUs (shard i to the i-th, cycling); "
+	  "empty = let the kernel place them" },
 	{ "settle", "accounts_max", SERVER_CFG_INT, 0, 16, 268435456, NULL,
 	  "1048576", F(settle_accounts_max),
 	  "accounts the ledger has room for (preallocated); ACCOUNT beyond it "
@@ -175,7 +179,29 @@ field_str(server_config *cfg, size_t i)
 static bool
 is_str_type(enum server_config_type t)
 {
-	return t == SERVER_CFG_PATH || t == SERVER_CFG_ADDR;
+	return t == SERVER_CFG_PATH || t == SERVER_CFG_ADDR ||
+	       t == SERVER_CFG_CPUS;
+}
+
+/* "" or "0,1,3": CPU numbers below 1024, at most 64 of them. */
+static bool
+cpus_valid(const char *v)
+{
+	int n = 0;
+	while (*v) {
+		char *end;
+		if (*v < '0' || *v > '9')
+			return false;
+		long c = strtol(v, &end, 10);
+		if (c >= 1024 || ++n > 64)
+			return false;
+		v = end;
+		if (*v == ',' && v[1] != '\0')
+			v++;
+		else if (*v != '\0')
+			return false;
+	}
+	return true;
 }
 
 /* "a.b.c.d:port" with port 1..65535. */
@@ -236,6 +262,10 @@ describe_allowed(size_t i, char *buf, size_t size)
 					      c ? "," : "", k->choices[c]);
 		break;
 	}
+	case SERVER_CFG_CPUS:
+		snprintf(buf, size, "empty (not pinned) or CPU numbers like "
+			 "0,1");
+		break;
 	case SERVER_CFG_ADDR:
 		snprintf(buf, size, "%san IPv4 address and port, like "
 			 "127.0.0.1:7070",
@@ -309,9 +339,11 @@ parse_value(server_config *cfg, size_t i, const char *v, const char *dir)
 			}
 		}
 		return false;
+	case SERVER_CFG_CPUS:
 	case SERVER_CFG_ADDR: {
-		if (v[0] == '\0' ? !(k->flags & SERVER_CFG_EMPTY_OK)
-				 : !addr_valid(v))
+		if (k->type == SERVER_CFG_CPUS ? !cpus_valid(v)
+		    : v[0] == '\0'	       ? !(k->flags & SERVER_CFG_EMPTY_OK)
+					       : !addr_valid(v))
 			return false;
 		char *s = strdup(v);
 		DOVE_ASSERT(s != NULL);
@@ -621,6 +653,7 @@ server_config_format(const server_config *cfg, size_t i, char *buf,
 		break;
 	case SERVER_CFG_PATH:
 	case SERVER_CFG_ADDR:
+	case SERVER_CFG_CPUS:
 		n = snprintf(buf, size, "%s", *field_str(c, i));
 		break;
 	}

@@ -20,6 +20,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <sched.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +36,7 @@
 #include <urcu/urcu-memb.h>
 
 #include "dove.h"
+#include "ring.h"
 #include "server_int.h"
 #include "store.h"
 
@@ -133,14 +136,38 @@ struct core {
 	uint64_t requests, answered[SETTLE_RESULT_COUNT], epochs_run,
 		records_run, last_epoch;
 
-	/* Execution scratch, sized once. */
+	/* Execution scratch, sized once. legs[src * nshards + dst]: the
+	 * credit legs shard src produced for shard dst in this epoch. */
 	struct settle_op **shard_ops;
 	uint32_t **shard_where;
 	uint32_t *shard_n;
 	uint8_t *results;
 	struct settle_credit **legs;
 	uint32_t *nlegs;
-	uint8_t *op_results;
+	uint8_t **op_results; /* per shard */
+	struct sink_ctx *sinks;
+
+	/* Shard threads (when shards > 1). The main thread publishes a job
+	 * (release on job), every worker runs phase 1 on its shard, meets
+	 * the others at the barrier, runs phase 2, and counts itself done;
+	 * the main thread waits for that count. Nothing is locked. */
+	struct shard_worker *workers;
+	_Atomic uint64_t job;
+	_Atomic uint32_t phase1_left, phase2_left;
+	_Atomic bool workers_stop;
+	struct ring_event ev_go, ev_barrier, ev_done;
+};
+
+struct sink_ctx {
+	struct core *k;
+	uint32_t src;
+};
+
+struct shard_worker {
+	struct core *k;
+	uint32_t id;
+	int cpu; /* -1: not pinned */
+	pthread_t thread;
 };
 
 static struct core *the_core;
@@ -550,9 +577,109 @@ on_accept(struct server_ev *ev, uint32_t events)
 static void
 route_credit(void *arg, const struct settle_credit *cr)
 {
+	struct sink_ctx *sc = arg;
+	struct core *k = sc->k;
+	uint32_t d = settle_shard_of(cr->account, k->nshards);
+	uint32_t li = sc->src * k->nshards + d;
+	/* An epoch has at most CORE_RECS records, each one leg at most. */
+	DOVE_ASSERT(k->nlegs[li] < CORE_RECS);
+	k->legs[li][k->nlegs[li]++] = *cr;
+}
+
+/* Phase 1 on shard s: its debits, in LSN order; legs out. Touches only
+ * shard s's ledger, its scratch and its own rows of legs and results. */
+static void
+shard_phase1(struct core *k, uint32_t s)
+{
+	struct settle_credit_sink sink = { route_credit, &k->sinks[s] };
+	uint8_t *res = k->op_results[s];
+	settle_ledger_debit_phase(k->shards[s], k->shard_ops[s], k->shard_n[s],
+				  res, &sink);
+	for (uint32_t j = 0; j < k->shard_n[s]; j++)
+		k->results[k->shard_where[s][j]] = res[j];
+}
+
+/* Phase 2 on shard d: every leg for it, from every shard (the barrier). */
+static void
+shard_phase2(struct core *k, uint32_t d)
+{
+	for (uint32_t src = 0; src < k->nshards; src++) {
+		uint32_t li = src * k->nshards + d;
+		settle_ledger_apply_credits(k->shards[d], k->legs[li],
+					    k->nlegs[li]);
+	}
+	DOVE_ASSERT_DEBUG(settle_ledger_valid(k->shards[d]));
+}
+
+struct wait_job {
+	struct core *k;
+	uint64_t seen;
+};
+
+static bool
+job_ready(void *arg)
+{
+	struct wait_job *w = arg;
+	/* Acquire: the job's ops and counters, written before the release
+	 * store of job, are visible once we see it. */
+	return atomic_load_explicit(&w->k->job, memory_order_acquire) > w->seen ||
+	       atomic_load_explicit(&w->k->workers_stop, memory_order_acquire);
+}
+
+static bool
+barrier_ready(void *arg)
+{
 	struct core *k = arg;
-	uint32_t s = settle_shard_of(cr->account, k->nshards);
-	k->legs[s][k->nlegs[s]++] = *cr;
+	/* Acquire: every shard's phase-1 legs are visible once all have
+	 * counted themselves out (their decrements are acq_rel). */
+	return atomic_load_explicit(&k->phase1_left, memory_order_acquire) == 0;
+}
+
+static bool
+done_ready(void *arg)
+{
+	struct core *k = arg;
+	return atomic_load_explicit(&k->phase2_left, memory_order_acquire) == 0;
+}
+
+static void *
+shard_main(void *arg)
+{
+	struct shard_worker *w = arg;
+	struct core *k = w->k;
+	static const char *const names[] = { "shard0", "shard1", "shard2",
+					     "shard3", "shard4", "shard5",
+					     "shard6", "shard7" };
+	dove_log_thread_name(w->id < 8 ? names[w->id] : "shard");
+	if (w->cpu >= 0) {
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CPU_SET(w->cpu, &set);
+		int rc = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+		if (rc != 0)
+			DOVE_WARN("cannot pin shard %u to cpu %d: %s", w->id, w->cpu,
+				  dove_strerror(-rc));
+	}
+	const struct ring_wait wait = RING_WAIT_DEFAULT;
+	struct wait_job wj = { k, 0 };
+	for (;;) {
+		ring_event_wait(&k->ev_go, job_ready, &wj, &wait, -1);
+		if (atomic_load_explicit(&k->workers_stop, memory_order_acquire))
+			break;
+		wj.seen = atomic_load_explicit(&k->job, memory_order_acquire);
+		shard_phase1(k, w->id);
+		/* acq_rel: our legs are published to whoever sees the count
+		 * reach zero, and we see theirs. */
+		if (atomic_fetch_sub_explicit(&k->phase1_left, 1,
+					      memory_order_acq_rel) == 1)
+			ring_event_notify(&k->ev_barrier);
+		ring_event_wait(&k->ev_barrier, barrier_ready, k, &wait, -1);
+		shard_phase2(k, w->id);
+		if (atomic_fetch_sub_explicit(&k->phase2_left, 1,
+					      memory_order_acq_rel) == 1)
+			ring_event_notify(&k->ev_done);
+	}
+	return NULL;
 }
 
 /* Run the records [first, first + count) as epoch `epoch`. */
@@ -561,7 +688,7 @@ run_epoch(struct core *k, uint64_t first, uint32_t count, uint64_t epoch,
 	  uint64_t first_lsn)
 {
 	memset(k->shard_n, 0, k->nshards * sizeof(uint32_t));
-	memset(k->nlegs, 0, k->nshards * sizeof(uint32_t));
+	memset(k->nlegs, 0, (size_t)k->nshards * k->nshards * sizeof(uint32_t));
 	for (uint32_t i = 0; i < count; i++) {
 		struct rec *r = &k->recs[(first + i) % CORE_RECS];
 		r->op.lsn = first_lsn + i;
@@ -572,17 +699,22 @@ run_epoch(struct core *k, uint64_t first, uint32_t count, uint64_t epoch,
 		k->shard_where[s][k->shard_n[s]] = i;
 		k->shard_ops[s][k->shard_n[s]++] = r->op;
 	}
-	struct settle_credit_sink sink = { route_credit, k };
-	for (uint32_t s = 0; s < k->nshards; s++) {
-		settle_ledger_debit_phase(k->shards[s], k->shard_ops[s],
-					  k->shard_n[s], k->op_results, &sink);
-		for (uint32_t j = 0; j < k->shard_n[s]; j++)
-			k->results[k->shard_where[s][j]] = k->op_results[j];
-	}
-	/* The epoch barrier: every credit of the epoch lands now. */
-	for (uint32_t s = 0; s < k->nshards; s++) {
-		settle_ledger_apply_credits(k->shards[s], k->legs[s], k->nlegs[s]);
-		DOVE_ASSERT_DEBUG(settle_ledger_valid(k->shards[s]));
+	if (k->workers == NULL) {
+		/* One shard, or no threads: the same two phases, in line. */
+		for (uint32_t s = 0; s < k->nshards; s++)
+			shard_phase1(k, s);
+		for (uint32_t s = 0; s < k->nshards; s++)
+			shard_phase2(k, s);
+	} else {
+		atomic_store_explicit(&k->phase1_left, k->nshards,
+				      memory_order_relaxed);
+		atomic_store_explicit(&k->phase2_left, k->nshards,
+				      memory_order_relaxed);
+		/* Release: the ops and counters above before the job. */
+		atomic_fetch_add_explicit(&k->job, 1, memory_order_release);
+		ring_event_notify(&k->ev_go);
+		const struct ring_wait wait = RING_WAIT_DEFAULT;
+		ring_event_wait(&k->ev_done, done_ready, k, &wait, -1);
 	}
 	k->epochs_run++;
 	k->records_run += count;
@@ -1244,6 +1376,45 @@ xcalloc(size_t n, size_t size)
 	return p;
 }
 
+/* One thread per shard; shard i pinned to the i-th CPU of cpus (cycling)
+ * when cpus is not empty. */
+static void
+start_workers(struct core *k, const char *cpus)
+{
+	int list[64], ncpu = 0;
+	for (const char *p = cpus; *p && ncpu < 64;) {
+		list[ncpu++] = atoi(p);
+		p += strcspn(p, ",");
+		if (*p == ',')
+			p++;
+	}
+	ring_event_init(&k->ev_go, false);
+	ring_event_init(&k->ev_barrier, false);
+	ring_event_init(&k->ev_done, false);
+	k->workers = xcalloc(k->nshards, sizeof(*k->workers));
+	for (uint32_t s = 0; s < k->nshards; s++) {
+		struct shard_worker *w = &k->workers[s];
+		w->k = k;
+		w->id = s;
+		w->cpu = ncpu ? list[s % (uint32_t)ncpu] : -1;
+		int rc = pthread_create(&w->thread, NULL, shard_main, w);
+		DOVE_ASSERT(rc == 0);
+	}
+}
+
+static void
+stop_workers(struct core *k)
+{
+	if (k->workers == NULL)
+		return;
+	atomic_store_explicit(&k->workers_stop, true, memory_order_release);
+	ring_event_notify(&k->ev_go);
+	for (uint32_t s = 0; s < k->nshards; s++)
+		pthread_join(k->workers[s].thread, NULL);
+	free(k->workers);
+	k->workers = NULL;
+}
+
 int
 server_core_open(struct server *srv, store_wal *wal)
 {
@@ -1261,12 +1432,17 @@ server_core_open(struct server *srv, store_wal *wal)
 		free(k);
 		return rc;
 	}
-	k->shards = xcalloc(k->nshards, sizeof(*k->shards));
-	k->shard_ops = xcalloc(k->nshards, sizeof(*k->shard_ops));
-	k->shard_where = xcalloc(k->nshards, sizeof(*k->shard_where));
-	k->legs = xcalloc(k->nshards, sizeof(*k->legs));
-	k->shard_n = xcalloc(k->nshards, sizeof(uint32_t));
-	k->nlegs = xcalloc(k->nshards, sizeof(uint32_t));
+	uint32_t n = k->nshards;
+	k->shards = xcalloc(n, sizeof(*k->shards));
+	k->shard_ops = xcalloc(n, sizeof(*k->shard_ops));
+	k->shard_where = xcalloc(n, sizeof(*k->shard_where));
+	k->op_results = xcalloc(n, sizeof(*k->op_results));
+	k->sinks = xcalloc(n, sizeof(*k->sinks));
+	k->legs = xcalloc((size_t)n * n, sizeof(*k->legs));
+	k->shard_n = xcalloc(n, sizeof(uint32_t));
+	k->nlegs = xcalloc((size_t)n * n, sizeof(uint32_t));
+	for (uint32_t i = 0; i < n * n; i++)
+		k->legs[i] = xcalloc(CORE_RECS, sizeof(struct settle_credit));
 	for (uint32_t s = 0; s < k->nshards; s++) {
 		/* Each shard has room for every account: the hash spreads
 		 * them, but nothing bounds one shard's share tighter. */
@@ -1278,14 +1454,17 @@ server_core_open(struct server *srv, store_wal *wal)
 		}
 		k->shard_ops[s] = xcalloc(CORE_RECS, sizeof(struct settle_op));
 		k->shard_where[s] = xcalloc(CORE_RECS, sizeof(uint32_t));
-		k->legs[s] = xcalloc(CORE_RECS, sizeof(struct settle_credit));
+		k->op_results[s] = xcalloc(CORE_RECS, 1);
+		k->sinks[s] = (struct sink_ctx){ k, s };
 	}
 	k->results = xcalloc(CORE_RECS, 1);
-	k->op_results = xcalloc(CORE_RECS, 1);
 	k->recs = xcalloc(CORE_RECS, sizeof(struct rec));
 	k->flights = xcalloc(CORE_RECS, sizeof(struct flight));
 	k->conns = xcalloc(k->max_conns, sizeof(struct conn *));
 	the_core = k;
+
+	if (n > 1)
+		start_workers(k, cfg->settle_cpus);
 
 	/* The ledger is a pure function of the log: the newest snapshot,
 	 * then every epoch after it. */
@@ -1416,20 +1595,24 @@ server_core_close(struct server *srv)
 	}
 	server_loop_del(&srv->loop, &k->wal_ev);
 	srv->loop.before_wait = NULL;
+	stop_workers(k);
 	for (uint32_t s = 0; s < k->nshards; s++) {
 		settle_ledger_destroy(k->shards[s]);
 		free(k->shard_ops[s]);
 		free(k->shard_where[s]);
-		free(k->legs[s]);
+		free(k->op_results[s]);
 	}
+	for (uint32_t i = 0; i < k->nshards * k->nshards; i++)
+		free(k->legs[i]);
 	free(k->shards);
 	free(k->shard_ops);
 	free(k->shard_where);
+	free(k->op_results);
+	free(k->sinks);
 	free(k->legs);
 	free(k->shard_n);
 	free(k->nlegs);
 	free(k->results);
-	free(k->op_results);
 	free(k->recs);
 	free(k->flights);
 	free(k->conns);

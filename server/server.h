@@ -27,6 +27,7 @@ enum server_config_type {
 	SERVER_CFG_MODE, /* octal file mode within [min, max] */
 	SERVER_CFG_PATH, /* resolved against the config file's directory */
 	SERVER_CFG_ADDR, /* IPv4 "host:port", or empty (EMPTY_OK) */
+	SERVER_CFG_CPUS, /* "0,1,3": CPU numbers, or empty */
 };
 
 /* Flags of a key. */
@@ -74,6 +75,7 @@ typedef struct server_config {
 
 	/* [settle] */
 	int64_t settle_shards;
+	char *settle_cpus; /* "" = not pinned; else "0,1,..." */
 	int64_t settle_accounts_max;
 	int64_t settle_dedup_window;
 

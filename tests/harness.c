@@ -102,7 +102,8 @@ dh_start(struct dh *h)
 {
 	const char *args[] = { "doved", "-c", h->cfg, NULL };
 	h->pid = dh_spawn(h, args, h->log);
-	for (int i = 0; i < 1000; i++) {
+	/* 30 s: sanitizer builds start slowly (they zero what calloc gives). */
+	for (int i = 0; i < 3000; i++) {
 		int fd = dh_connect(h->sock);
 		if (fd >= 0) {
 			close(fd);
@@ -117,7 +118,8 @@ dh_start(struct dh *h)
 		}
 		sleep_ms(10);
 	}
-	ck_abort_msg("doved's admin socket %s never answered", h->sock);
+	ck_abort_msg("doved's admin socket %s never answered in 30 s",
+		     h->sock);
 }
 
 int
