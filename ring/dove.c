@@ -169,3 +169,9 @@ dove_log(enum dove_log_level level, const char *fmt, ...)
 	ssize_t w = write(fd, line, len);
 	(void)w;
 }
+
+int
+dove_log_fileno(void)
+{
+	return atomic_load_explicit(&log_fd, memory_order_acquire);
+}

@@ -108,6 +108,11 @@ dove_log_open(const char *path);
 void
 dove_log_thread_name(const char *name);
 
+/* The logger's descriptor (for a forked child that closes everything
+ * else), or -1 before the first dove_log_open. */
+int
+dove_log_fileno(void);
+
 /* Level names as used in config ("error", "warn", "info", "debug"). */
 const char *
 dove_log_level_name(enum dove_log_level level);

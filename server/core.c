@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
@@ -858,10 +859,26 @@ maybe_snapshot(struct core *k)
 	urcu_memb_read_lock();
 	snprintf(dir, sizeof(dir), "%s", server_config_get()->snapshot_dir);
 	urcu_memb_read_unlock();
+	pid_t parent = getpid();
 	pid_t pid = fork();
 	if (pid == 0) {
 		/* The child: only this thread exists here; it reads its
-		 * frozen copy of the ledger and writes the file. */
+		 * frozen copy of the ledger and writes the file. First it
+		 * lets go of every descriptor it inherited but the log: it
+		 * must not keep the pid file's lock, the listening sockets or
+		 * clients alive if doved dies and restarts meanwhile. And if
+		 * doved dies, so does the child (a restart takes over). */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(1); /* it died before the line above */
+		int logfd = dove_log_fileno();
+		if (logfd >= 3) {
+			if (logfd > 3)
+				close_range(3, (unsigned)logfd - 1, 0);
+			close_range((unsigned)logfd + 1, ~0u, 0);
+		} else {
+			close_range(3, ~0u, 0);
+		}
 		dove_log_thread_name("snapshot");
 		int rc = snapshot_write(k, dir);
 		if (rc != 0)

@@ -158,6 +158,15 @@ signals_open(struct server *srv)
 	DOVE_ASSERT(rc == 0);
 	/* A peer that closes early must cost an EPIPE, never the process. */
 	signal(SIGPIPE, SIG_IGN);
+	/* An ignored SIGCHLD is inherited across exec (a parent that set it
+	 * would make the kernel reap our snapshot children silently, and no
+	 * SIGCHLD would reach the signalfd): take it back. */
+	signal(SIGCHLD, SIG_DFL);
+	/* Likewise a shell that starts us in the background ignores SIGINT
+	 * (and SIGQUIT) for us; ignored signals never reach a signalfd. */
+	signal(SIGINT, SIG_DFL);
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGHUP, SIG_DFL);
 
 	srv->signal_ev.fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 	if (srv->signal_ev.fd < 0)

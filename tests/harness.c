@@ -138,12 +138,12 @@ dh_wait(pid_t pid, int timeout_ms)
 void
 dh_cleanup(struct dh *h)
 {
-	if (h->pid > 0) {
+	if (h->pid > 0 && getenv("DOVE_KEEP_TMP") == NULL) {
 		kill(h->pid, SIGKILL);
 		waitpid(h->pid, NULL, 0);
 		h->pid = 0;
 	}
-	if (h->dir[0]) {
+	if (h->dir[0] && getenv("DOVE_KEEP_TMP") == NULL) {
 		char cmd[256];
 		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", h->dir);
 		int rc = system(cmd);
