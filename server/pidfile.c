@@ -1,8 +1,12 @@
 /*
- * pidfile.c - the locked pid file. The lock (an open file description lock,
- * F_OFD_SETLK) is what proves a doved is running; the pid inside is for
- * humans and for the error message of the second doved. A pid file left by
- * a killed doved is unlocked and simply taken over.
+ * pidfile.c - the locked pid file. The lock is what proves a doved is
+ * running; the pid inside is for humans and for the error message of the
+ * second doved. A pid file left by a killed doved is unlocked and simply
+ * taken over.
+ *
+ * A process-associated POSIX lock (F_SETLK), not an open-file-description
+ * lock: fork() does not pass it on, so a snapshot child that outlives a
+ * killed doved for a moment cannot keep the next doved from starting.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -37,7 +41,7 @@ server_pidfile_open(const char *path, int *fd_out, pid_t *holder)
 		return -errno;
 
 	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
-	if (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
+	if (fcntl(fd, F_SETLK, &fl) < 0) {
 		int rc = -errno;
 		if (rc == -EAGAIN || rc == -EACCES) {
 			/* The holder may still be writing its pid: wait a bit

@@ -103,11 +103,18 @@ dh_start(struct dh *h)
 	const char *args[] = { "doved", "-c", h->cfg, NULL };
 	h->pid = dh_spawn(h, args, h->log);
 	/* 30 s: sanitizer builds start slowly (they zero what calloc gives). */
+	char want[48], r[4096];
+	snprintf(want, sizeof(want), "\"pid\":%d,", h->pid);
 	for (int i = 0; i < 3000; i++) {
+		/* Ready means *this* doved answers: a socket left by the
+		 * previous one (or its dying snapshot child) does not count. */
 		int fd = dh_connect(h->sock);
 		if (fd >= 0) {
+			bool mine = dh_cmd_fd(fd, "status", r, sizeof(r)) &&
+				    strstr(r, want) != NULL;
 			close(fd);
-			return;
+			if (mine)
+				return;
 		}
 		int st;
 		if (waitpid(h->pid, &st, WNOHANG) == h->pid) {
