@@ -903,6 +903,10 @@ void
 server_core_request_snapshot(void)
 {
 	struct core *k = the_core;
+	/* One at a time: while a child writes, a second request would only
+	 * hold every connection paused until it finished. */
+	if (k->snap_child != 0)
+		return;
 	k->snap_wanted = true;
 	maybe_snapshot(k);
 }
