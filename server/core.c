@@ -136,6 +136,7 @@ struct core {
 	/* Counters for `stats` (main thread only). */
 	uint64_t requests, answered[SETTLE_RESULT_COUNT], epochs_run,
 		records_run, last_epoch;
+	uint64_t epoch_size_hist[STORE_WAL_HIST]; /* records per epoch, log2 */
 
 	/* Execution scratch, sized once. legs[src * nshards + dst]: the
 	 * credit legs shard src produced for shard dst in this epoch. */
@@ -721,6 +722,7 @@ run_epoch(struct core *k, uint64_t first, uint32_t count, uint64_t epoch,
 	k->records_run += count;
 	k->last_epoch = epoch;
 	k->next_lsn = first_lsn + count;
+	k->epoch_size_hist[count ? 63 - __builtin_clzll(count) : 0]++;
 	for (uint32_t i = 0; i < count; i++) {
 		struct rec *r = &k->recs[(first + i) % CORE_RECS];
 		enum settle_result res = (enum settle_result)k->results[i];
@@ -1146,6 +1148,37 @@ server_core_stats_json(struct json_buf *j)
 	json_u64(j, settle_seq_accounts(k->seq));
 	json_key(j, "remembered_ids");
 	json_u64(j, settle_seq_remembered(k->seq));
+	/* Log2 histograms: a quantile is its bucket's upper bound. */
+	json_key(j, "epoch_records");
+	json_obj_begin(j);
+	json_key(j, "mean");
+	json_u64(j, k->epochs_run ? k->records_run / k->epochs_run : 0);
+	json_key(j, "p50_le");
+	json_u64(j, store_hist_quantile(k->epoch_size_hist, STORE_WAL_HIST, 0.5));
+	json_key(j, "p99_le");
+	json_u64(j, store_hist_quantile(k->epoch_size_hist, STORE_WAL_HIST, 0.99));
+	json_obj_end(j);
+	struct store_wal_stats ws;
+	store_wal_stats_get(k->wal, &ws);
+	json_key(j, "wal");
+	json_obj_begin(j);
+	json_key(j, "epochs");
+	json_u64(j, ws.epochs);
+	json_key(j, "bytes");
+	json_u64(j, ws.bytes);
+	json_key(j, "segments");
+	json_u64(j, ws.segments);
+	json_key(j, "failed_commits");
+	json_u64(j, ws.failed_commits);
+	json_key(j, "commit_us_p50_le");
+	json_u64(j, store_hist_quantile(ws.commit_hist, STORE_WAL_HIST, 0.5) /
+			    1000);
+	json_key(j, "commit_us_p99_le");
+	json_u64(j, store_hist_quantile(ws.commit_hist, STORE_WAL_HIST, 0.99) /
+			    1000);
+	json_key(j, "commit_us_max");
+	json_u64(j, ws.commit_ns_max / 1000);
+	json_obj_end(j);
 	json_key(j, "snapshot_epoch");
 	json_u64(j, k->snap_last_epoch);
 	json_key(j, "snapshot_in_progress");

@@ -170,12 +170,20 @@ uint64_t store_wal_durable_epoch(store_wal *w);
  */
 int store_wal_retire(store_wal *w, uint64_t low_water);
 
+#define STORE_WAL_HIST 40
 struct store_wal_stats {
 	uint64_t epochs, records, bytes; /* committed since open */
 	uint64_t commit_ns_total, commit_ns_max;
+	/* commit_hist[i]: commits (write + fdatasync) that took
+	 * [2^i, 2^(i+1)) ns. */
+	uint64_t commit_hist[STORE_WAL_HIST];
 	uint64_t failed_commits;
 	uint32_t segments;
 };
+
+/* The q-quantile (0..1) of a log2 histogram, as the upper bound of its
+ * bucket (so it errs high, never low). 0 when empty. */
+uint64_t store_hist_quantile(const uint64_t *hist, int buckets, double q);
 void store_wal_stats_get(store_wal *w, struct store_wal_stats *st);
 
 /* ---- snapshots ------------------------------------------------------------ */

@@ -689,6 +689,10 @@ committer_main(void *arg)
 			w->stats.commit_ns_total += dt;
 			if (dt > w->stats.commit_ns_max)
 				w->stats.commit_ns_max = dt;
+			int bucket = dt ? 63 - __builtin_clzll(dt) : 0;
+			w->stats.commit_hist[bucket < STORE_WAL_HIST
+						     ? bucket
+						     : STORE_WAL_HIST - 1]++;
 		} else {
 			w->stats.failed_commits++;
 		}
@@ -1079,4 +1083,22 @@ store_wal_retire(store_wal *w, uint64_t low_water)
 	if (deleted > 0 && w->cfg.fsync)
 		fsync_dir(w->dir);
 	return rc != 0 ? rc : deleted;
+}
+
+uint64_t
+store_hist_quantile(const uint64_t *hist, int buckets, double q)
+{
+	uint64_t total = 0;
+	for (int i = 0; i < buckets; i++)
+		total += hist[i];
+	if (total == 0)
+		return 0;
+	uint64_t want = (uint64_t)((double)total * q);
+	uint64_t seen = 0;
+	for (int i = 0; i < buckets; i++) {
+		seen += hist[i];
+		if (seen > want)
+			return (uint64_t)1 << (i + 1);
+	}
+	return (uint64_t)1 << buckets;
 }

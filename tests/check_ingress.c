@@ -438,8 +438,13 @@ START_TEST(admin_views_of_the_ledger)
 	dh_admin(&h, "stats", r, sizeof(r));
 	ck_assert_msg(strstr(r, "\"requests\":4,") &&
 			      strstr(r, "\"insufficient_funds\":1") &&
-			      strstr(r, "\"accounts\":2,"),
+			      strstr(r, "\"accounts\":2,") &&
+			      strstr(r, "\"epoch_records\":{\"mean\":") &&
+			      strstr(r, "\"wal\":{\"epochs\":") &&
+			      strstr(r, "\"commit_us_p99_le\":"),
 		      "%s", r);
+	/* Four requests in one write: one epoch of 4 records. */
+	ck_assert_msg(strstr(r, "\"epoch_records\":{\"mean\":4,"), "%s", r);
 	char cmd[512], out[4096];
 	snprintf(cmd, sizeof(cmd), "%s -s %s verify", DOVECTL_PATH, h.sock);
 	ck_assert_int_eq(dh_run(cmd, out, sizeof(out)), 0);

@@ -923,6 +923,34 @@ START_TEST(snapshot_round_trip_fallback_prune)
 }
 END_TEST
 
+START_TEST(hist_quantiles)
+{
+	uint64_t h[STORE_WAL_HIST] = { 0 };
+	ck_assert_uint_eq(store_hist_quantile(h, STORE_WAL_HIST, 0.5), 0);
+	h[10] = 99; /* [1024, 2048) */
+	h[20] = 1;  /* [1 Mi, 2 Mi) */
+	ck_assert_uint_eq(store_hist_quantile(h, STORE_WAL_HIST, 0.5), 2048);
+	ck_assert_uint_eq(store_hist_quantile(h, STORE_WAL_HIST, 0.98), 2048);
+	ck_assert_uint_eq(store_hist_quantile(h, STORE_WAL_HIST, 0.995),
+			  2u << 20);
+	/* The WAL fills it: after commits, the buckets add up. */
+	struct store_wal_config cfg = small_cfg();
+	store_wal *w = wal_open_ok(&cfg, NULL);
+	for (uint64_t k = 0; k < 20; k++)
+		append_batch(w, k, NULL);
+	struct store_wal_stats st;
+	store_wal_stats_get(w, &st);
+	uint64_t n = 0;
+	for (int i = 0; i < STORE_WAL_HIST; i++)
+		n += st.commit_hist[i];
+	ck_assert_uint_eq(n, st.epochs);
+	ck_assert_uint_eq(st.epochs, 20);
+	ck_assert_uint_ge(store_hist_quantile(st.commit_hist, STORE_WAL_HIST, 0.99),
+			  store_hist_quantile(st.commit_hist, STORE_WAL_HIST, 0.5));
+	store_wal_close(w);
+}
+END_TEST
+
 static Suite *
 wal_suite(void)
 {
@@ -937,6 +965,7 @@ wal_suite(void)
 	tcase_add_test(tc, concurrent_appenders);
 	tcase_add_test(tc, retire_deletes_whole_segments_below);
 	tcase_add_test(tc, snapshot_round_trip_fallback_prune);
+	tcase_add_test(tc, hist_quantiles);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("damage");
