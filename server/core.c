@@ -44,8 +44,7 @@
 /* Records staged or in flight. 65536 x 56 bytes of WAL payload is 3.5 MiB,
  * several epochs' worth at the default max_epoch_kb. */
 #define CORE_RECS 65536
-/* Longest linked chain: an O2O settlement is 2-3 legs; 64 is generous. */
-#define CHAIN_MAX 64
+#define CHAIN_MAX SETTLE_CHAIN_MAX
 #define CONN_OUT 65536
 
 enum slot_state {
@@ -114,6 +113,7 @@ struct core {
 	uint32_t gen_next;
 
 	struct rec *recs;      /* ring of CORE_RECS */
+	struct store_wal_record *wal_recs; /* CORE_RECS: one round's append */
 	uint64_t rec_head;     /* oldest in flight */
 	uint64_t rec_staged;   /* first not yet appended */
 	uint64_t rec_tail;     /* next free */
@@ -210,12 +210,24 @@ conn_get(struct core *k, uint32_t index, uint32_t gen)
 	return c != NULL && c->gen == gen ? c : NULL;
 }
 
+/* The WAL payload of a staged operation: where it is, how long. */
+static uint32_t
+rec_payload(const struct settle_op *op, const void **data)
+{
+	if (op->type == SETTLE_REC_ACCOUNT) {
+		*data = &op->u.account;
+		return sizeof(op->u.account);
+	}
+	*data = &op->u.transfer;
+	return sizeof(op->u.transfer);
+}
+
+/* Bytes a staged operation takes in an epoch (record header included). */
 static uint32_t
 rec_bytes(const struct settle_op *op)
 {
-	return 8 + (op->type == SETTLE_REC_ACCOUNT
-			    ? (uint32_t)sizeof(struct settle_account_rec)
-			    : (uint32_t)sizeof(struct settle_transfer));
+	const void *data;
+	return 8 + rec_payload(op, &data);
 }
 
 /* Room to stage n more records (and CHAIN_MAX more for a chain)? */
@@ -1020,22 +1032,15 @@ core_before_wait(void *arg)
 	uint32_t n = (uint32_t)(k->rec_tail - k->rec_staged);
 	if (n == 0)
 		return;
-	struct store_wal_record *wr = malloc(n * sizeof(*wr));
-	DOVE_ASSERT(wr != NULL); /* per round, not per message */
+	/* n <= CORE_RECS: the ring bounds what can be staged. */
+	struct store_wal_record *wr = k->wal_recs;
 	for (uint32_t i = 0; i < n; i++) {
 		struct rec *r = &k->recs[(k->rec_staged + i) % CORE_RECS];
 		wr[i].type = r->op.type;
-		if (r->op.type == SETTLE_REC_ACCOUNT) {
-			wr[i].len = sizeof(r->op.u.account);
-			wr[i].data = &r->op.u.account;
-		} else {
-			wr[i].len = sizeof(r->op.u.transfer);
-			wr[i].data = &r->op.u.transfer;
-		}
+		wr[i].len = rec_payload(&r->op, &wr[i].data);
 	}
 	uint64_t ticket;
 	int rc = store_wal_append(k->wal, wr, n, &ticket);
-	free(wr);
 	struct flight *last = k->flight_tail > k->flight_head
 				      ? &k->flights[(k->flight_tail - 1) %
 						    CORE_RECS]
@@ -1513,6 +1518,7 @@ server_core_open(struct server *srv, store_wal *wal)
 	}
 	k->results = xcalloc(CORE_RECS, 1);
 	k->recs = xcalloc(CORE_RECS, sizeof(struct rec));
+	k->wal_recs = xcalloc(CORE_RECS, sizeof(struct store_wal_record));
 	k->flights = xcalloc(CORE_RECS, sizeof(struct flight));
 	k->conns = xcalloc(k->max_conns, sizeof(struct conn *));
 	the_core = k;
@@ -1668,6 +1674,7 @@ server_core_close(struct server *srv)
 	free(k->nlegs);
 	free(k->results);
 	free(k->recs);
+	free(k->wal_recs);
 	free(k->flights);
 	free(k->conns);
 	settle_seq_destroy(k->seq);

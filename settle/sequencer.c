@@ -246,20 +246,22 @@ settle_seq_chain(settle_seq *q, const struct settle_transfer *t, uint32_t n,
 		 struct settle_seq_answer *ans)
 {
 	DOVE_ASSERT(q != NULL && t != NULL && ans != NULL && n >= 1);
-	/* Repeats first: an id has one result for ever. */
+	/* Repeats first: an id has one result for ever. One probe per id:
+	 * the entries found are kept for the answers below. */
+	DOVE_ASSERT(n <= SETTLE_CHAIN_MAX);
+	const struct entry *found[SETTLE_CHAIN_MAX];
 	uint32_t known = 0, same = 0;
 	for (uint32_t i = 0; i < n; i++) {
-		const struct entry *e = t[i].id ? table_find(&q->ids, t[i].id)
-						: NULL;
-		if (e == NULL)
+		found[i] = t[i].id ? table_find(&q->ids, t[i].id) : NULL;
+		if (found[i] == NULL)
 			continue;
 		known++;
-		if (e->a == fingerprint(&t[i]))
+		if (found[i]->a == fingerprint(&t[i]))
 			same++;
 	}
 	if (known == n && same == n) {
 		for (uint32_t i = 0; i < n; i++) {
-			const struct entry *e = table_find(&q->ids, t[i].id);
+			const struct entry *e = found[i];
 			uint8_t r = (uint8_t)(e->b & 0xff);
 			ans[i].verdict = r == PENDING ? SETTLE_SEQ_PENDING
 						      : SETTLE_SEQ_DONE;
@@ -271,9 +273,8 @@ settle_seq_chain(settle_seq *q, const struct settle_transfer *t, uint32_t n,
 	}
 	if (known > 0) {
 		for (uint32_t i = 0; i < n; i++)
-			refuse(&ans[i], t[i].id && table_find(&q->ids, t[i].id)
-						? SETTLE_ID_CONFLICT
-						: SETTLE_LINKED_FAILED);
+			refuse(&ans[i], found[i] ? SETTLE_ID_CONFLICT
+						 : SETTLE_LINKED_FAILED);
 		return;
 	}
 	/* One debit account per chain. */

@@ -64,6 +64,9 @@ const char *
 settle_result_name(enum settle_result r);
 
 #define SETTLE_TRANSFER_LINKED 0x1u
+/* The longest linked chain: an O2O settlement is 2-3 legs; 64 is generous
+ * and bounds what a chain can hold in memory. */
+#define SETTLE_CHAIN_MAX 64
 #define SETTLE_AMOUNT_MAX ((uint64_t)INT64_MAX) /* MariaDB BIGINT */
 
 /* WAL record types owned by the ledger. */
@@ -237,6 +240,7 @@ void settle_seq_account(settle_seq *q, const struct settle_account_rec *a,
  */
 void settle_seq_chain(settle_seq *q, const struct settle_transfer *t,
 		      uint32_t n, struct settle_seq_answer *ans);
+/* (n is 1..SETTLE_CHAIN_MAX.) */
 
 /* A logged transfer's result, from its shard, and the epoch it ran in. */
 void settle_seq_resolve(settle_seq *q, uint64_t id, enum settle_result r,
