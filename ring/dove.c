@@ -98,6 +98,10 @@ dove_log_thread_name(const char *name)
 {
 	DOVE_ASSERT(name != NULL);
 	log_thread = name;
+	/* The process keeps its own name, so that ps, pidof and pkill find
+	 * doved; only the threads it starts are renamed. */
+	if (gettid() == getpid())
+		return;
 	char short_name[16];
 	snprintf(short_name, sizeof(short_name), "%s", name);
 	pthread_setname_np(pthread_self(), short_name);
