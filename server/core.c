@@ -55,12 +55,21 @@ enum slot_state {
 	SLOT_PING,
 };
 
+static uint64_t
+core_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts); /* vDSO: no system call */
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 struct slot {
 	uint8_t state;
 	uint8_t result; /* enum settle_result */
 	bool dup;
 	uint64_t id;    /* 0: ERR prints "-" */
 	uint64_t epoch;
+	uint64_t t_in; /* ns: when the read that brought it returned */
 	struct settle_transfer t; /* SLOT_DUP: what to ask again */
 };
 
@@ -100,7 +109,8 @@ struct core {
 	struct server *srv;
 	settle_seq *seq;
 	uint32_t nshards;
-	settle_ledger **shards;
+	settle_ledger *ledger;     /* every shard's accounts, by index */
+	uint32_t *shard_accounts; /* per shard, for stats */
 	store_wal *wal;
 	uint32_t max_epoch_bytes;
 	struct server_ev wal_ev;
@@ -137,6 +147,12 @@ struct core {
 	uint64_t requests, answered[SETTLE_RESULT_COUNT], epochs_run,
 		records_run, last_epoch;
 	uint64_t epoch_size_hist[STORE_WAL_HIST]; /* records per epoch, log2 */
+	/* Request latency inside doved, read -> reply handed to the kernel,
+	 * ns, log2; clocked once per read and once per flush, not per
+	 * request. */
+	uint64_t t_read;
+	uint64_t reply_hist[STORE_WAL_HIST];
+	uint64_t reply_ns_max;
 
 	/* Execution scratch, sized once. legs[src * nshards + dst]: the
 	 * credit legs shard src produced for shard dst in this epoch. */
@@ -188,7 +204,9 @@ slot_push(struct conn *c)
 {
 	DOVE_ASSERT(c->slot_len < c->slot_cap);
 	uint64_t abs = c->slot_head + c->slot_len++;
-	memset(&c->slots[abs % c->slot_cap], 0, sizeof(struct slot));
+	struct slot *s = &c->slots[abs % c->slot_cap];
+	memset(s, 0, sizeof(*s));
+	s->t_in = c->core->t_read;
 	return abs;
 }
 
@@ -290,6 +308,8 @@ submit_chain(struct core *k, struct conn *c)
 		if (ans[i].verdict == SETTLE_SEQ_LOG) {
 			struct settle_op op = { .type = SETTLE_REC_TRANSFER };
 			op.u.transfer = c->chain[i];
+			op.ix = ans[i].debit_ix;
+			op.credit_ix = ans[i].credit_ix;
 			stage(k, c, c->chain_slot[i], &op);
 		}
 	}
@@ -334,6 +354,7 @@ handle_line(struct core *k, struct conn *c, const char *line, size_t len)
 		if (a.verdict == SETTLE_SEQ_LOG) {
 			struct settle_op op = { .type = SETTLE_REC_ACCOUNT };
 			op.u.account = r.account;
+			op.ix = a.debit_ix;
 			stage(k, c, abs, &op);
 		}
 		break;
@@ -382,6 +403,16 @@ conn_process(struct core *k, struct conn *c)
 
 /* ---- replies -------------------------------------------------------------- */
 
+/* An account as of the last epoch (only between epochs: shards idle). */
+static const struct settle_account *
+ledger_find(struct core *k, uint64_t id)
+{
+	const struct settle_account *a =
+		settle_ledger_at(k->ledger, settle_seq_account_ix(k->seq, id));
+	/* Logged but not run yet: not there. */
+	return a != NULL && a->id == id ? a : NULL;
+}
+
 static size_t
 format_slot(struct core *k, const struct slot *s, char *buf)
 {
@@ -389,9 +420,7 @@ format_slot(struct core *k, const struct slot *s, char *buf)
 	case SLOT_PING:
 		return proto_pong(buf);
 	case SLOT_BALANCE: {
-		uint32_t sh = settle_shard_of(s->id, k->nshards);
-		const struct settle_account *a =
-			settle_ledger_find(k->shards[sh], s->id);
+		const struct settle_account *a = ledger_find(k, s->id);
 		return a ? proto_bal(buf, a)
 			 : proto_err(buf, s->id, SETTLE_NO_SUCH_ACCOUNT);
 	}
@@ -412,12 +441,19 @@ static void
 conn_flush(struct conn *c)
 {
 	struct core *k = c->core;
+	uint64_t now = 0;
 	while (c->slot_len > 0) {
 		struct slot *s = slot_at(c, c->slot_head);
 		if (s->state == SLOT_WAIT || s->state == SLOT_DUP)
 			break;
 		if (c->out_len + PROTO_REPLY_MAX > sizeof(c->out))
 			break;
+		if (now == 0)
+			now = core_now_ns();
+		uint64_t dt = now > s->t_in ? now - s->t_in : 0;
+		k->reply_hist[dt ? 63 - __builtin_clzll(dt) : 0]++;
+		if (dt > k->reply_ns_max)
+			k->reply_ns_max = dt;
 		c->out_len += format_slot(k, s, c->out + c->out_len);
 		c->slot_head++;
 		c->slot_len--;
@@ -503,6 +539,7 @@ conn_read(struct conn *c)
 			return;
 		}
 		c->in_len += (size_t)n;
+		k->t_read = core_now_ns();
 		conn_process(k, c);
 		if (c->paused)
 			return;
@@ -607,7 +644,7 @@ shard_phase1(struct core *k, uint32_t s)
 {
 	struct settle_credit_sink sink = { route_credit, &k->sinks[s] };
 	uint8_t *res = k->op_results[s];
-	settle_ledger_debit_phase(k->shards[s], k->shard_ops[s], k->shard_n[s],
+	settle_ledger_debit_phase(k->ledger, k->shard_ops[s], k->shard_n[s],
 				  res, &sink);
 	for (uint32_t j = 0; j < k->shard_n[s]; j++)
 		k->results[k->shard_where[s][j]] = res[j];
@@ -619,10 +656,11 @@ shard_phase2(struct core *k, uint32_t d)
 {
 	for (uint32_t src = 0; src < k->nshards; src++) {
 		uint32_t li = src * k->nshards + d;
-		settle_ledger_apply_credits(k->shards[d], k->legs[li],
+		settle_ledger_apply_credits(k->ledger, k->legs[li],
 					    k->nlegs[li]);
 	}
-	DOVE_ASSERT_DEBUG(settle_ledger_valid(k->shards[d]));
+	DOVE_ASSERT_DEBUG(settle_ledger_valid(k->ledger, settle_seq_span(k->seq),
+					      (int)d, k->nshards));
 }
 
 struct wait_job {
@@ -710,6 +748,8 @@ run_epoch(struct core *k, uint64_t first, uint32_t count, uint64_t epoch,
 				       ? r->op.u.account.id
 				       : r->op.u.transfer.debit;
 		uint32_t s = settle_shard_of(key, k->nshards);
+		if (r->op.type == SETTLE_REC_ACCOUNT)
+			k->shard_accounts[s]++;
 		k->shard_where[s][k->shard_n[s]] = i;
 		k->shard_ops[s][k->shard_n[s]++] = r->op;
 	}
@@ -844,8 +884,8 @@ snapshot_write(struct core *k, const char *dir)
 	if (rc != 0)
 		return rc;
 	struct snap_put accounts = { w, 0, 0 }, ids = { w, 0, 0 };
-	for (uint32_t s = 0; s < k->nshards; s++)
-		settle_ledger_foreach(k->shards[s], put_account, &accounts);
+	settle_ledger_foreach(k->ledger, settle_seq_span(k->seq), -1, 1,
+			      put_account, &accounts);
 	settle_seq_foreach_settled(k->seq, put_id, &ids);
 	rc = accounts.rc ? accounts.rc : ids.rc;
 	if (rc != 0) {
@@ -972,9 +1012,7 @@ on_snap_timer(struct server_ev *ev, uint32_t events)
 	urcu_memb_read_lock();
 	int64_t every = server_config_get()->snapshot_every_s;
 	urcu_memb_read_unlock();
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	uint64_t now = core_now_ns();
 	if (every > 0 && now - k->snap_last_ns >= (uint64_t)every * 1000000000u &&
 	    k->last_epoch != k->snap_last_epoch) {
 		k->snap_last_ns = now;
@@ -1090,8 +1128,7 @@ void
 server_core_account_json(uint64_t id, struct json_buf *j)
 {
 	struct core *k = the_core;
-	const struct settle_account *a =
-		settle_ledger_find(k->shards[settle_shard_of(id, k->nshards)], id);
+	const struct settle_account *a = ledger_find(k, id);
 	json_obj_begin(j);
 	if (a == NULL) {
 		json_key(j, "error");
@@ -1154,6 +1191,18 @@ server_core_stats_json(struct json_buf *j)
 	json_key(j, "remembered_ids");
 	json_u64(j, settle_seq_remembered(k->seq));
 	/* Log2 histograms: a quantile is its bucket's upper bound. */
+	json_key(j, "reply_us");
+	json_obj_begin(j);
+	json_key(j, "p50_le");
+	json_u64(j, store_hist_quantile(k->reply_hist, STORE_WAL_HIST, 0.5) / 1000);
+	json_key(j, "p99_le");
+	json_u64(j, store_hist_quantile(k->reply_hist, STORE_WAL_HIST, 0.99) / 1000);
+	json_key(j, "p999_le");
+	json_u64(j, store_hist_quantile(k->reply_hist, STORE_WAL_HIST, 0.999) /
+			    1000);
+	json_key(j, "max");
+	json_u64(j, k->reply_ns_max / 1000);
+	json_obj_end(j);
 	json_key(j, "epoch_records");
 	json_obj_begin(j);
 	json_key(j, "mean");
@@ -1195,7 +1244,7 @@ server_core_stats_json(struct json_buf *j)
 	json_key(j, "shards");
 	json_arr_begin(j);
 	for (uint32_t s = 0; s < k->nshards; s++)
-		json_u64(j, settle_ledger_count(k->shards[s]));
+		json_u64(j, k->shard_accounts[s]);
 	json_arr_end(j);
 	json_obj_end(j);
 }
@@ -1224,10 +1273,9 @@ server_core_verify_json(struct json_buf *j)
 	struct core *k = the_core;
 	struct verify_acc v = { 0 };
 	bool tables = true;
-	for (uint32_t s = 0; s < k->nshards; s++) {
-		settle_ledger_foreach(k->shards[s], verify_one, &v);
-		tables &= settle_ledger_valid(k->shards[s]);
-	}
+	uint32_t span = settle_seq_span(k->seq);
+	settle_ledger_foreach(k->ledger, span, -1, 1, verify_one, &v);
+	tables &= settle_ledger_valid(k->ledger, span, -1, 1);
 	bool counts = v.accounts == settle_seq_accounts(k->seq);
 	bool ok = v.debits == v.credits && v.nonneg_negative == 0 && tables &&
 		  counts;
@@ -1282,6 +1330,16 @@ replay_epoch(void *arg, const struct store_wal_epoch *ep)
 	size_t off = 0;
 	struct store_wal_record wr;
 	uint64_t first = k->rec_tail;
+	/* The whole epoch is here: start every lookup's cache misses before
+	 * the first decision needs one. */
+	for (uint32_t n = 0; store_wal_record_next(ep, &off, &wr); n++) {
+		struct settle_transfer t;
+		if (wr.type != SETTLE_REC_TRANSFER || wr.len != sizeof(t))
+			continue;
+		memcpy(&t, wr.data, sizeof(t)); /* payloads are not aligned */
+		settle_seq_prefetch(k->seq, &t, n);
+	}
+	off = 0;
 	struct settle_transfer chain[CHAIN_MAX];
 	uint32_t chain_len = 0;
 	while (store_wal_record_next(ep, &off, &wr)) {
@@ -1297,6 +1355,7 @@ replay_epoch(void *arg, const struct store_wal_epoch *ep)
 			rp->accounts++;
 			if (ans[0].verdict != SETTLE_SEQ_LOG)
 				goto disagree;
+			r->op.ix = ans[0].debit_ix;
 		} else if (wr.type == SETTLE_REC_TRANSFER &&
 			   wr.len == sizeof(r->op.u.transfer) &&
 			   chain_len < CHAIN_MAX) {
@@ -1306,9 +1365,14 @@ replay_epoch(void *arg, const struct store_wal_epoch *ep)
 			if (r->op.u.transfer.flags & SETTLE_TRANSFER_LINKED)
 				continue;
 			settle_seq_chain(k->seq, chain, chain_len, ans);
-			for (uint32_t i = 0; i < chain_len; i++)
+			for (uint32_t i = 0; i < chain_len; i++) {
 				if (ans[i].verdict != SETTLE_SEQ_LOG)
 					goto disagree;
+				struct rec *cr = &k->recs[(k->rec_tail - chain_len + i) %
+							  CORE_RECS];
+				cr->op.ix = ans[i].debit_ix;
+				cr->op.credit_ix = ans[i].credit_ix;
+			}
 			chain_len = 0;
 		} else {
 			snprintf(rp->err, sizeof(rp->err),
@@ -1398,10 +1462,12 @@ load_snapshot(struct core *k, const server_config *cfg, uint64_t *from)
 		struct settle_account a;
 		memcpy(&a, (const char *)snap.account_data + i * sizeof(a),
 		       sizeof(a));
-		rc = settle_ledger_restore(
-			k->shards[settle_shard_of(a.id, k->nshards)], &a);
+		uint32_t ix;
+		rc = settle_seq_restore_account(k->seq, a.id, a.flags, &ix);
 		if (rc == 0)
-			rc = settle_seq_restore_account(k->seq, a.id, a.flags);
+			rc = settle_ledger_restore(k->ledger, ix, &a);
+		if (rc == 0)
+			k->shard_accounts[settle_shard_of(a.id, k->nshards)]++;
 	}
 	for (uint64_t i = 0; rc == 0 && i < snap.ids; i++) {
 		struct settle_seq_id e;
@@ -1492,7 +1558,13 @@ server_core_open(struct server *srv, store_wal *wal)
 		return rc;
 	}
 	uint32_t n = k->nshards;
-	k->shards = xcalloc(n, sizeof(*k->shards));
+	k->shard_accounts = xcalloc(n, sizeof(uint32_t));
+	rc = settle_ledger_create((uint32_t)cfg->settle_accounts_max,
+				  &k->ledger);
+	if (rc != 0) {
+		DOVE_ERROR("ledger: %s", dove_strerror(rc));
+		return rc;
+	}
 	k->shard_ops = xcalloc(n, sizeof(*k->shard_ops));
 	k->shard_where = xcalloc(n, sizeof(*k->shard_where));
 	k->op_results = xcalloc(n, sizeof(*k->op_results));
@@ -1503,14 +1575,6 @@ server_core_open(struct server *srv, store_wal *wal)
 	for (uint32_t i = 0; i < n * n; i++)
 		k->legs[i] = xcalloc(CORE_RECS, sizeof(struct settle_credit));
 	for (uint32_t s = 0; s < k->nshards; s++) {
-		/* Each shard has room for every account: the hash spreads
-		 * them, but nothing bounds one shard's share tighter. */
-		rc = settle_ledger_create((uint32_t)cfg->settle_accounts_max,
-					  &k->shards[s]);
-		if (rc != 0) {
-			DOVE_ERROR("ledger: %s", dove_strerror(rc));
-			return rc;
-		}
 		k->shard_ops[s] = xcalloc(CORE_RECS, sizeof(struct settle_op));
 		k->shard_where[s] = xcalloc(CORE_RECS, sizeof(uint32_t));
 		k->op_results[s] = xcalloc(CORE_RECS, 1);
@@ -1562,10 +1626,7 @@ server_core_open(struct server *srv, store_wal *wal)
 	struct itimerspec tick = { { 1, 0 }, { 1, 0 } };
 	timerfd_settime(k->snap_timer.fd, 0, &tick, NULL);
 	server_loop_add(&srv->loop, &k->snap_timer, EPOLLIN);
-	struct timespec now;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	k->snap_last_ns = (uint64_t)now.tv_sec * 1000000000u +
-			  (uint64_t)now.tv_nsec;
+	k->snap_last_ns = core_now_ns();
 	if (rp.epochs > 0)
 		DOVE_INFO("replayed %llu epochs: %llu accounts, %llu transfers",
 			  (unsigned long long)rp.epochs,
@@ -1657,14 +1718,14 @@ server_core_close(struct server *srv)
 	srv->loop.before_wait = NULL;
 	stop_workers(k);
 	for (uint32_t s = 0; s < k->nshards; s++) {
-		settle_ledger_destroy(k->shards[s]);
 		free(k->shard_ops[s]);
 		free(k->shard_where[s]);
 		free(k->op_results[s]);
 	}
 	for (uint32_t i = 0; i < k->nshards * k->nshards; i++)
 		free(k->legs[i]);
-	free(k->shards);
+	settle_ledger_destroy(k->ledger);
+	free(k->shard_accounts);
 	free(k->shard_ops);
 	free(k->shard_where);
 	free(k->op_results);

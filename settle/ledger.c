@@ -1,8 +1,9 @@
 /*
- * ledger.c - the accounts of one shard and the execution of an epoch on
- * them: a preallocated open-addressing table, the debit phase (checks and
- * debits in LSN order, linked chains all or nothing, credit legs out) and
- * the credit phase (legs applied at the end of the epoch).
+ * ledger.c - the accounts and the execution of an epoch on one shard's
+ * share of them: a preallocated dense array addressed by the sequencer's
+ * account index, the debit phase (checks and debits in LSN order, linked
+ * chains all or nothing, credit legs out) and the credit phase (legs
+ * applied at the end of the epoch).
  *
  * Everything here is a pure function of the operations it is given: no
  * clock, no I/O, no allocation after create. That is what makes the
@@ -22,10 +23,8 @@ _Static_assert(offsetof(struct settle_transfer, code) == 40, "transfer code");
 _Static_assert(sizeof(struct settle_account) == 64, "one account, one line");
 
 struct settle_ledger {
-	struct settle_account *slots;
-	uint64_t mask;     /* slot count - 1 */
-	uint32_t capacity; /* accounts allowed: half the slots */
-	uint32_t count;
+	struct settle_account *acct;
+	uint32_t capacity;
 };
 
 static const char *const result_names[SETTLE_RESULT_COUNT] = {
@@ -66,21 +65,18 @@ settle_ledger_create(uint32_t capacity, settle_ledger **out)
 {
 	if (capacity == 0 || capacity > (1u << 30))
 		return -EINVAL;
-	uint64_t slots = 2;
-	while (slots < 2ull * capacity)
-		slots <<= 1;
 	settle_ledger *l = calloc(1, sizeof(*l));
-	/* calloc, not memalign + memset: a large calloc is a fresh mmap,
-	 * page-aligned and zeroed lazily, so a ledger sized for millions of
-	 * accounts costs nothing until they exist. */
-	struct settle_account *t = calloc(slots, sizeof(*t));
+	/* mmap: page aligned (an account per cache line, so two shards
+	 * never write one line) and zeroed lazily, so a ledger sized for
+	 * millions of accounts costs only the pages of those that exist. */
+	struct settle_account *t =
+		settle_map((size_t)capacity * sizeof(*t));
 	if (l == NULL || t == NULL) {
 		free(l);
-		free(t);
+		settle_unmap(t, (size_t)capacity * sizeof(*t));
 		return -ENOMEM;
 	}
-	l->slots = t;
-	l->mask = slots - 1;
+	l->acct = t;
 	l->capacity = capacity;
 	*out = l;
 	return 0;
@@ -91,54 +87,42 @@ settle_ledger_destroy(settle_ledger *l)
 {
 	if (l == NULL)
 		return;
-	free(l->slots);
+	settle_unmap(l->acct, (size_t)l->capacity * sizeof(*l->acct));
 	free(l);
 }
 
-uint32_t
-settle_ledger_count(const settle_ledger *l)
-{
-	return l->count;
-}
-
-/* The slot holding id, or the empty slot where it would go. */
-static struct settle_account *
-probe(const settle_ledger *l, uint64_t id)
-{
-	DOVE_ASSERT(id != 0);
-	uint64_t i = settle_mix64(id) & l->mask;
-	/* At most half full: a probe always ends at an empty slot. */
-	for (;;) {
-		struct settle_account *a = &l->slots[i];
-		if (a->id == id || a->id == 0)
-			return a;
-		i = (i + 1) & l->mask;
-	}
-}
-
 const struct settle_account *
-settle_ledger_find(const settle_ledger *l, uint64_t id)
+settle_ledger_at(const settle_ledger *l, uint32_t ix)
 {
-	if (id == 0)
+	if (ix >= l->capacity || l->acct[ix].id == 0)
 		return NULL;
-	const struct settle_account *a = probe(l, id);
-	return a->id == id ? a : NULL;
+	return &l->acct[ix];
+}
+
+/* The account an op names by index: it must be id (the sequencer put it
+ * there); anything else means the log and the ledger disagree, and
+ * running on would be worse than stopping. */
+static struct settle_account *
+slot(settle_ledger *l, uint32_t ix, uint64_t id)
+{
+	DOVE_ASSERT(ix < l->capacity);
+	struct settle_account *a = &l->acct[ix];
+	DOVE_ASSERT(a->id == id);
+	return a;
 }
 
 static void
-create_account(settle_ledger *l, const struct settle_account_rec *rec)
+create_account(settle_ledger *l, uint32_t ix,
+	       const struct settle_account_rec *rec)
 {
-	struct settle_account *a = probe(l, rec->id);
-	/* The sequencer refuses existing ids and keeps the count within
-	 * capacity; anything else here means the log and the ledger
-	 * disagree, and running on would be worse than stopping. */
+	DOVE_ASSERT(ix < l->capacity);
+	struct settle_account *a = &l->acct[ix];
+	/* The sequencer hands out each index once. */
 	DOVE_ASSERT(a->id == 0);
-	DOVE_ASSERT(l->count < l->capacity);
 	DOVE_ASSERT((rec->flags & ~(uint32_t)SETTLE_ACCOUNT_FLAGS_ALL) == 0);
 	memset(a, 0, sizeof(*a));
 	a->id = rec->id;
 	a->flags = rec->flags;
-	l->count++;
 }
 
 /* Can a's balance take a debit of amount now? */
@@ -165,7 +149,7 @@ settle_ledger_debit_phase(settle_ledger *l, const struct settle_op *ops,
 		if (i > 0)
 			DOVE_ASSERT(ops[i].lsn > ops[i - 1].lsn);
 		if (ops[i].type == SETTLE_REC_ACCOUNT) {
-			create_account(l, &ops[i].u.account);
+			create_account(l, ops[i].ix, &ops[i].u.account);
 			results[i] = SETTLE_OK;
 			accepted++;
 			i++;
@@ -184,13 +168,12 @@ settle_ledger_debit_phase(settle_ledger *l, const struct settle_op *ops,
 			DOVE_ASSERT(ops[end].lsn == ops[end - 1].lsn + 1);
 		}
 		struct settle_account *a =
-			probe(l, ops[i].u.transfer.debit);
-		DOVE_ASSERT(a->id == ops[i].u.transfer.debit);
+			slot(l, ops[i].ix, ops[i].u.transfer.debit);
 
 		uint32_t failed = UINT32_MAX;
 		for (uint32_t k = i; k <= end; k++) {
 			const struct settle_transfer *t = &ops[k].u.transfer;
-			DOVE_ASSERT(t->debit == a->id);
+			DOVE_ASSERT(t->debit == a->id && ops[k].ix == ops[i].ix);
 			DOVE_ASSERT(t->amount > 0 && t->amount <= SETTLE_AMOUNT_MAX);
 			if (!can_debit(a, t->amount)) {
 				failed = k;
@@ -209,7 +192,9 @@ settle_ledger_debit_phase(settle_ledger *l, const struct settle_op *ops,
 			for (uint32_t k = i; k <= end; k++) {
 				const struct settle_transfer *t =
 					&ops[k].u.transfer;
-				struct settle_credit c = { t->credit, t->amount };
+				struct settle_credit c = {
+					t->credit, t->amount, ops[k].credit_ix, 0
+				};
 				sink->put(sink->arg, &c);
 				results[k] = SETTLE_OK;
 				accepted++;
@@ -225,54 +210,67 @@ settle_ledger_apply_credits(settle_ledger *l, const struct settle_credit *c,
 			    uint32_t n)
 {
 	for (uint32_t i = 0; i < n; i++) {
-		struct settle_account *a = probe(l, c[i].account);
-		/* The sequencer checked the credit account exists; it was
-		 * created at an earlier LSN, so by now it is in our table. */
-		DOVE_ASSERT(a->id == c[i].account);
+		/* The credit account was created at an earlier LSN, so it
+		 * exists by now. */
+		struct settle_account *a = slot(l, c[i].ix, c[i].account);
 		DOVE_ASSERT(c[i].amount > 0);
 		a->credits_posted += c[i].amount;
 	}
 }
 
-void
-settle_ledger_foreach(const settle_ledger *l,
+static bool
+mine(const struct settle_account *a, int shard, uint32_t nshards)
+{
+	return a->id != 0 &&
+	       (shard < 0 || settle_shard_of(a->id, nshards) == (uint32_t)shard);
+}
+
+uint32_t
+settle_ledger_foreach(const settle_ledger *l, uint32_t span, int shard,
+		      uint32_t nshards,
 		      void (*fn)(void *arg, const struct settle_account *a),
 		      void *arg)
 {
-	for (uint64_t i = 0; i <= l->mask; i++)
-		if (l->slots[i].id != 0)
-			fn(arg, &l->slots[i]);
+	DOVE_ASSERT(span <= l->capacity);
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < span; i++) {
+		if (!mine(&l->acct[i], shard, nshards))
+			continue;
+		if (fn)
+			fn(arg, &l->acct[i]);
+		n++;
+	}
+	return n;
 }
 
 bool
-settle_ledger_valid(const settle_ledger *l)
+settle_ledger_valid(const settle_ledger *l, uint32_t span, int shard,
+		    uint32_t nshards)
 {
-	uint32_t count = 0;
-	for (uint64_t i = 0; i <= l->mask; i++) {
-		const struct settle_account *a = &l->slots[i];
-		if (a->id == 0)
+	if (span > l->capacity)
+		return false;
+	for (uint32_t i = 0; i < span; i++) {
+		const struct settle_account *a = &l->acct[i];
+		if (!mine(a, shard, nshards))
 			continue;
-		count++;
-		if (probe(l, a->id) != a)
-			return false; /* not findable: table broken */
-		if ((a->flags & SETTLE_ACCOUNT_NONNEG) &&
-		    a->credits_posted < a->debits_posted)
+		if ((a->flags & ~(uint32_t)SETTLE_ACCOUNT_FLAGS_ALL) ||
+		    ((a->flags & SETTLE_ACCOUNT_NONNEG) &&
+		     a->credits_posted < a->debits_posted))
 			return false;
 	}
-	return count == l->count && count <= l->capacity;
+	return true;
 }
 
 int
-settle_ledger_restore(settle_ledger *l, const struct settle_account *a)
+settle_ledger_restore(settle_ledger *l, uint32_t ix,
+		      const struct settle_account *a)
 {
 	if (a->id == 0 || (a->flags & ~(uint32_t)SETTLE_ACCOUNT_FLAGS_ALL))
 		return -EINVAL;
-	if (l->count == l->capacity)
+	if (ix >= l->capacity)
 		return -ENOSPC;
-	struct settle_account *slot = probe(l, a->id);
-	if (slot->id != 0)
+	if (l->acct[ix].id != 0)
 		return -EINVAL;
-	*slot = *a;
-	l->count++;
+	l->acct[ix] = *a;
 	return 0;
 }

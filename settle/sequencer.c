@@ -1,9 +1,9 @@
 /*
- * sequencer.c - the sequencer's decisions: the account directory and the
- * idempotency table, both preallocated open-addressing tables of u64 keys
- * with backward-shift deletion (so forgetting an id never leaves a
- * tombstone that slows later probes), and a FIFO of ids for the dedup
- * window.
+ * sequencer.c - the sequencer's decisions: the account directory (dense,
+ * by account index, which it hands to the shards with every op) and the
+ * idempotency window (a FIFO ring of remembered ids), each found through
+ * a compact hash index (settle_int.h) with backward-shift deletion, so
+ * forgetting an id never leaves a tombstone that slows later probes.
  *
  * It decides only what does not depend on balances; shards decide the
  * rest and report back through settle_seq_resolve.
@@ -19,91 +19,48 @@
 /* Result byte of an id still in flight. */
 #define PENDING 0xffu
 
-struct entry {
-	uint64_t key; /* 0: empty */
-	uint64_t a;   /* directory: flags; idempotency: fingerprint */
-	uint64_t b;   /* idempotency: epoch << 8 | result (PENDING) */
+/* The directory, dense by account index (creation order in the log): the
+ * index is what the shards address the ledger by. id 0: a hole left by
+ * an account whose epoch failed; its ledger slot was never written, so
+ * the next new account takes it (holes are chained through `next`). */
+struct dir_ent {
+	uint64_t id;
+	uint32_t flags;
+	uint32_t next; /* hole: the next hole's index + 1, 0: none */
 };
 
-struct table {
-	struct entry *e;
-	uint64_t mask;
-	uint32_t count, capacity;
+/* The dedup window, a FIFO ring in logging order; the index points into
+ * it. id 0: a stale slot (its epoch failed). */
+struct id_ent {
+	uint64_t id;
+	uint64_t fp; /* fingerprint */
+	uint64_t b;  /* epoch << 8 | result (PENDING) */
 };
 
 struct settle_seq {
-	struct table accounts;
-	struct table ids;
-	uint64_t *fifo; /* ids in logging order, ring of capacity slots */
-	uint32_t fifo_head, fifo_len;
+	struct settle_index accounts;
+	struct dir_ent *dir;
+	uint32_t dir_cap, span, holes; /* holes: first hole's index + 1 */
+	struct settle_index ids;
+	struct id_ent *fifo;
+	uint32_t fifo_cap, fifo_head, fifo_len;
 };
 
-static int
-table_init(struct table *t, uint32_t capacity)
+static uint32_t
+dir_find(const settle_seq *q, uint64_t id)
 {
-	/* Load at most 3/4: linear probes stay short. */
-	uint64_t slots = 4;
-	while (slots * 3 < (uint64_t)capacity * 4)
-		slots <<= 1;
-	t->e = calloc(slots, sizeof(*t->e));
-	if (t->e == NULL)
-		return -ENOMEM;
-	t->mask = slots - 1;
-	t->capacity = capacity;
-	t->count = 0;
-	return 0;
+	if (id == 0)
+		return SETTLE_INDEX_NONE;
+	return settle_index_find(&q->accounts, id,
+				 (struct settle_index_keys){ q->dir, sizeof(*q->dir) });
 }
 
-static struct entry *
-table_probe(const struct table *t, uint64_t key)
+static struct id_ent *
+id_find(const settle_seq *q, uint64_t id)
 {
-	DOVE_ASSERT(key != 0);
-	for (uint64_t i = settle_mix64(key) & t->mask;; i = (i + 1) & t->mask)
-		if (t->e[i].key == key || t->e[i].key == 0)
-			return &t->e[i];
-}
-
-static struct entry *
-table_find(const struct table *t, uint64_t key)
-{
-	struct entry *e = table_probe(t, key);
-	return e->key == key ? e : NULL;
-}
-
-static struct entry *
-table_insert(struct table *t, uint64_t key)
-{
-	DOVE_ASSERT(t->count < t->capacity);
-	struct entry *e = table_probe(t, key);
-	DOVE_ASSERT(e->key == 0);
-	e->key = key;
-	t->count++;
-	return e;
-}
-
-/* Remove key; shift later members of its probe run back so every key
- * stays reachable without tombstones. */
-static void
-table_remove(struct table *t, uint64_t key)
-{
-	struct entry *e = table_probe(t, key);
-	if (e->key != key)
-		return;
-	uint64_t hole = (uint64_t)(e - t->e);
-	for (uint64_t i = (hole + 1) & t->mask; t->e[i].key != 0;
-	     i = (i + 1) & t->mask) {
-		uint64_t home = settle_mix64(t->e[i].key) & t->mask;
-		/* Move i into the hole unless its home lies cyclically in
-		 * (hole, i]: then it is already where a probe finds it. */
-		bool stays = hole <= i ? (home > hole && home <= i)
-				       : (home > hole || home <= i);
-		if (stays)
-			continue;
-		t->e[hole] = t->e[i];
-		hole = i;
-	}
-	t->e[hole] = (struct entry){ 0 };
-	t->count--;
+	uint32_t pos = settle_index_find(&q->ids, id,
+					 (struct settle_index_keys){ q->fifo, sizeof(*q->fifo) });
+	return pos == SETTLE_INDEX_NONE ? NULL : &q->fifo[pos];
 }
 
 int
@@ -116,9 +73,13 @@ settle_seq_create(uint32_t accounts_max, uint32_t dedup_window,
 	settle_seq *q = calloc(1, sizeof(*q));
 	if (q == NULL)
 		return -ENOMEM;
-	if (table_init(&q->accounts, accounts_max) != 0 ||
-	    table_init(&q->ids, dedup_window) != 0 ||
-	    (q->fifo = calloc(dedup_window, sizeof(uint64_t))) == NULL) {
+	q->dir_cap = accounts_max;
+	q->fifo_cap = dedup_window;
+	q->dir = settle_map((size_t)accounts_max * sizeof(*q->dir));
+	q->fifo = settle_map((size_t)dedup_window * sizeof(*q->fifo));
+	if (q->dir == NULL || q->fifo == NULL ||
+	    settle_index_init(&q->accounts, accounts_max) != 0 ||
+	    settle_index_init(&q->ids, dedup_window) != 0) {
 		settle_seq_destroy(q);
 		return -ENOMEM;
 	}
@@ -131,16 +92,37 @@ settle_seq_destroy(settle_seq *q)
 {
 	if (q == NULL)
 		return;
-	free(q->accounts.e);
-	free(q->ids.e);
-	free(q->fifo);
+	settle_index_free(&q->accounts);
+	settle_index_free(&q->ids);
+	settle_unmap(q->dir, (size_t)q->dir_cap * sizeof(*q->dir));
+	settle_unmap(q->fifo, (size_t)q->fifo_cap * sizeof(*q->fifo));
 	free(q);
+}
+
+size_t
+settle_seq_bytes(const settle_seq *q, size_t *per_account, size_t *per_id)
+{
+	size_t a = (size_t)q->accounts.nslots * sizeof(uint64_t) +
+		   (size_t)q->dir_cap * sizeof(*q->dir);
+	size_t i = (size_t)q->ids.nslots * sizeof(uint64_t) +
+		   (size_t)q->fifo_cap * sizeof(*q->fifo);
+	if (per_account)
+		*per_account = a;
+	if (per_id)
+		*per_id = i;
+	return a + i;
 }
 
 uint32_t
 settle_seq_accounts(const settle_seq *q)
 {
 	return q->accounts.count;
+}
+
+uint32_t
+settle_seq_span(const settle_seq *q)
+{
+	return q->span;
 }
 
 uint32_t
@@ -152,12 +134,16 @@ settle_seq_remembered(const settle_seq *q)
 bool
 settle_seq_account_flags(const settle_seq *q, uint64_t id, uint32_t *flags)
 {
-	if (id == 0)
-		return false;
-	const struct entry *e = table_find(&q->accounts, id);
-	if (e && flags)
-		*flags = (uint32_t)e->a;
-	return e != NULL;
+	uint32_t ix = dir_find(q, id);
+	if (ix != SETTLE_INDEX_NONE && flags)
+		*flags = q->dir[ix].flags;
+	return ix != SETTLE_INDEX_NONE;
+}
+
+uint32_t
+settle_seq_account_ix(const settle_seq *q, uint64_t id)
+{
+	return dir_find(q, id);
 }
 
 static void
@@ -166,6 +152,23 @@ refuse(struct settle_seq_answer *ans, enum settle_result r)
 	ans->verdict = SETTLE_SEQ_REFUSED;
 	ans->result = r;
 	ans->epoch = 0;
+	ans->debit_ix = ans->credit_ix = SETTLE_INDEX_NONE;
+}
+
+static uint32_t
+dir_add(settle_seq *q, uint64_t id, uint32_t flags)
+{
+	uint32_t ix;
+	if (q->holes != 0) {
+		ix = q->holes - 1;
+		q->holes = q->dir[ix].next;
+	} else {
+		DOVE_ASSERT(q->span < q->dir_cap);
+		ix = q->span++;
+	}
+	q->dir[ix] = (struct dir_ent){ id, flags, 0 };
+	settle_index_insert(&q->accounts, id, ix);
+	return ix;
 }
 
 void
@@ -175,20 +178,26 @@ settle_seq_account(settle_seq *q, const struct settle_account_rec *a,
 	DOVE_ASSERT(q != NULL && a != NULL && ans != NULL);
 	if (a->id == 0 || (a->flags & ~(uint32_t)SETTLE_ACCOUNT_FLAGS_ALL))
 		return refuse(ans, SETTLE_BAD_REQUEST);
-	if (table_find(&q->accounts, a->id))
+	if (dir_find(q, a->id) != SETTLE_INDEX_NONE)
 		return refuse(ans, SETTLE_ACCOUNT_EXISTS);
-	if (q->accounts.count == q->accounts.capacity)
+	if (q->accounts.count == q->dir_cap)
 		return refuse(ans, SETTLE_OVERLOADED);
-	table_insert(&q->accounts, a->id)->a = a->flags;
 	ans->verdict = SETTLE_SEQ_LOG;
 	ans->result = SETTLE_OK;
 	ans->epoch = 0;
+	ans->debit_ix = dir_add(q, a->id, a->flags);
+	ans->credit_ix = SETTLE_INDEX_NONE;
 }
 
 void
 settle_seq_unlog_account(settle_seq *q, uint64_t id)
 {
-	table_remove(&q->accounts, id);
+	uint32_t ix = dir_find(q, id);
+	if (ix == SETTLE_INDEX_NONE)
+		return;
+	settle_index_remove(&q->accounts, id, ix);
+	q->dir[ix] = (struct dir_ent){ 0, 0, q->holes };
+	q->holes = ix + 1;
 }
 
 /* Everything the client chose; the same id with another fingerprint is
@@ -204,9 +213,11 @@ fingerprint(const struct settle_transfer *t)
 	return h | 1; /* never 0 */
 }
 
-/* The structural reason t cannot be logged, or SETTLE_OK. */
+/* The structural reason t cannot be logged, or SETTLE_OK; the accounts'
+ * indexes out. */
 static enum settle_result
-structural(const settle_seq *q, const struct settle_transfer *t)
+structural(const settle_seq *q, const struct settle_transfer *t,
+	   struct settle_seq_answer *ans)
 {
 	if (t->id == 0 || (t->flags & ~(uint32_t)SETTLE_TRANSFER_LINKED))
 		return SETTLE_BAD_REQUEST;
@@ -216,8 +227,10 @@ structural(const settle_seq *q, const struct settle_transfer *t)
 		return SETTLE_ZERO_AMOUNT;
 	if (t->amount > SETTLE_AMOUNT_MAX)
 		return SETTLE_OVERFLOW;
-	if (!settle_seq_account_flags(q, t->debit, NULL) ||
-	    !settle_seq_account_flags(q, t->credit, NULL))
+	ans->debit_ix = dir_find(q, t->debit);
+	ans->credit_ix = dir_find(q, t->credit);
+	if (ans->debit_ix == SETTLE_INDEX_NONE ||
+	    ans->credit_ix == SETTLE_INDEX_NONE)
 		return SETTLE_NO_SUCH_ACCOUNT;
 	return SETTLE_OK;
 }
@@ -230,15 +243,43 @@ evict_one(settle_seq *q)
 {
 	if (q->fifo_len == 0)
 		return false;
-	uint64_t id = q->fifo[q->fifo_head];
-	struct entry *e = table_find(&q->ids, id);
-	if (e != NULL && (e->b & 0xff) == PENDING)
+	struct id_ent *e = &q->fifo[q->fifo_head];
+	if (e->id != 0 && (e->b & 0xff) == PENDING)
 		return false;
-	q->fifo_head = (q->fifo_head + 1) % q->ids.capacity;
+	if (e->id != 0)
+		settle_index_remove(&q->ids, e->id, q->fifo_head);
+	*e = (struct id_ent){ 0 };
+	q->fifo_head = q->fifo_head + 1 == q->fifo_cap ? 0 : q->fifo_head + 1;
 	q->fifo_len--;
-	if (e != NULL)
-		table_remove(&q->ids, id);
 	return true;
+}
+
+static void
+fifo_push(settle_seq *q, uint64_t id, uint64_t fp, uint64_t b)
+{
+	DOVE_ASSERT(q->fifo_len < q->fifo_cap);
+	uint32_t pos = (uint32_t)(((uint64_t)q->fifo_head + q->fifo_len) %
+				  q->fifo_cap);
+	q->fifo[pos] = (struct id_ent){ id, fp, b };
+	settle_index_insert(&q->ids, id, pos);
+	q->fifo_len++;
+}
+
+void
+settle_seq_prefetch(const settle_seq *q, const struct settle_transfer *t,
+		    uint32_t nth)
+{
+	settle_index_prefetch(&q->ids, t->id);
+	settle_index_prefetch(&q->accounts, t->debit);
+	settle_index_prefetch(&q->accounts, t->credit);
+	/* A full window evicts its nth oldest id to make room for this
+	 * one: its index slot is another random line. */
+	if (nth < q->fifo_len && q->fifo_len == q->fifo_cap) {
+		const struct id_ent *old =
+			&q->fifo[((uint64_t)q->fifo_head + nth) % q->fifo_cap];
+		if (old->id != 0)
+			settle_index_prefetch(&q->ids, old->id);
+	}
 }
 
 void
@@ -249,25 +290,26 @@ settle_seq_chain(settle_seq *q, const struct settle_transfer *t, uint32_t n,
 	/* Repeats first: an id has one result for ever. One probe per id:
 	 * the entries found are kept for the answers below. */
 	DOVE_ASSERT(n <= SETTLE_CHAIN_MAX);
-	const struct entry *found[SETTLE_CHAIN_MAX];
+	const struct id_ent *found[SETTLE_CHAIN_MAX];
 	uint32_t known = 0, same = 0;
 	for (uint32_t i = 0; i < n; i++) {
-		found[i] = t[i].id ? table_find(&q->ids, t[i].id) : NULL;
+		found[i] = t[i].id ? id_find(q, t[i].id) : NULL;
 		if (found[i] == NULL)
 			continue;
 		known++;
-		if (found[i]->a == fingerprint(&t[i]))
+		if (found[i]->fp == fingerprint(&t[i]))
 			same++;
 	}
 	if (known == n && same == n) {
 		for (uint32_t i = 0; i < n; i++) {
-			const struct entry *e = found[i];
+			const struct id_ent *e = found[i];
 			uint8_t r = (uint8_t)(e->b & 0xff);
 			ans[i].verdict = r == PENDING ? SETTLE_SEQ_PENDING
 						      : SETTLE_SEQ_DONE;
 			ans[i].result = r == PENDING ? SETTLE_OK
 						     : (enum settle_result)r;
 			ans[i].epoch = e->b >> 8;
+			ans[i].debit_ix = ans[i].credit_ix = SETTLE_INDEX_NONE;
 		}
 		return;
 	}
@@ -287,7 +329,7 @@ settle_seq_chain(settle_seq *q, const struct settle_transfer *t, uint32_t n,
 	}
 	/* The same id twice inside one chain is a conflict with itself. */
 	for (uint32_t i = 0; i < n; i++) {
-		enum settle_result r = structural(q, &t[i]);
+		enum settle_result r = structural(q, &t[i], &ans[i]);
 		for (uint32_t k = 0; r == SETTLE_OK && k < i; k++)
 			if (t[k].id == t[i].id)
 				r = SETTLE_ID_CONFLICT;
@@ -303,8 +345,7 @@ settle_seq_chain(settle_seq *q, const struct settle_transfer *t, uint32_t n,
 		}
 	}
 	/* Room in the window for all of them, or none is logged. */
-	uint32_t cap = q->ids.capacity;
-	while (q->ids.count + n > cap || q->fifo_len + n > cap) {
+	while (q->fifo_len + n > q->fifo_cap) {
 		if (!evict_one(q)) {
 			for (uint32_t k = 0; k < n; k++)
 				refuse(&ans[k], SETTLE_OVERLOADED);
@@ -312,23 +353,19 @@ settle_seq_chain(settle_seq *q, const struct settle_transfer *t, uint32_t n,
 		}
 	}
 	for (uint32_t i = 0; i < n; i++) {
-		struct entry *e = table_insert(&q->ids, t[i].id);
-		e->a = fingerprint(&t[i]);
-		e->b = PENDING;
-		q->fifo[(q->fifo_head + q->fifo_len) % cap] = t[i].id;
-		q->fifo_len++;
+		fifo_push(q, t[i].id, fingerprint(&t[i]), PENDING);
 		ans[i].verdict = SETTLE_SEQ_LOG;
 		ans[i].result = SETTLE_OK;
 		ans[i].epoch = 0;
 	}
-	DOVE_ASSERT(q->fifo_len <= cap && q->ids.count <= cap);
+	DOVE_ASSERT(q->ids.count <= q->fifo_len && q->fifo_len <= q->fifo_cap);
 }
 
 void
 settle_seq_resolve(settle_seq *q, uint64_t id, enum settle_result r,
 		   uint64_t epoch)
 {
-	struct entry *e = table_find(&q->ids, id);
+	struct id_ent *e = id_find(q, id);
 	/* Only logged ids are resolved, and they stay until resolved. */
 	DOVE_ASSERT(e != NULL);
 	DOVE_ASSERT((e->b & 0xff) == PENDING);
@@ -339,13 +376,18 @@ settle_seq_resolve(settle_seq *q, uint64_t id, enum settle_result r,
 void
 settle_seq_unlog_transfer(settle_seq *q, uint64_t id)
 {
-	table_remove(&q->ids, id);
+	struct id_ent *e = id_find(q, id);
+	if (e == NULL)
+		return;
+	uint32_t pos = (uint32_t)(e - q->fifo);
+	settle_index_remove(&q->ids, id, pos);
+	e->id = 0;
 	/* A failed epoch holds the newest ids, so the slot is normally the
 	 * FIFO's last: take it back. Anywhere else it goes stale and is
 	 * skipped at eviction. */
-	uint32_t cap = q->ids.capacity;
-	if (q->fifo_len > 0 &&
-	    q->fifo[(q->fifo_head + q->fifo_len - 1) % cap] == id)
+	uint32_t last = (uint32_t)(((uint64_t)q->fifo_head + q->fifo_len - 1) %
+				   q->fifo_cap);
+	if (q->fifo_len > 0 && last == pos)
 		q->fifo_len--;
 }
 
@@ -356,11 +398,11 @@ settle_seq_foreach_settled(const settle_seq *q,
 {
 	uint64_t n = 0;
 	for (uint32_t k = 0; k < q->fifo_len; k++) {
-		uint64_t id = q->fifo[(q->fifo_head + k) % q->ids.capacity];
-		const struct entry *e = table_find(&q->ids, id);
-		if (e == NULL || (e->b & 0xff) == PENDING)
+		const struct id_ent *e =
+			&q->fifo[((uint64_t)q->fifo_head + k) % q->fifo_cap];
+		if (e->id == 0 || (e->b & 0xff) == PENDING)
 			continue; /* stale slot, or still in flight */
-		struct settle_seq_id out = { id, e->a, e->b };
+		struct settle_seq_id out = { e->id, e->fp, e->b };
 		fn(arg, &out);
 		n++;
 	}
@@ -368,15 +410,16 @@ settle_seq_foreach_settled(const settle_seq *q,
 }
 
 int
-settle_seq_restore_account(settle_seq *q, uint64_t id, uint32_t flags)
+settle_seq_restore_account(settle_seq *q, uint64_t id, uint32_t flags,
+			   uint32_t *ix)
 {
 	if (id == 0 || (flags & ~(uint32_t)SETTLE_ACCOUNT_FLAGS_ALL))
 		return -EINVAL;
-	if (table_find(&q->accounts, id))
+	if (dir_find(q, id) != SETTLE_INDEX_NONE)
 		return -EINVAL;
-	if (q->accounts.count == q->accounts.capacity)
+	if (q->accounts.count == q->dir_cap)
 		return -ENOSPC;
-	table_insert(&q->accounts, id)->a = flags;
+	*ix = dir_add(q, id, flags);
 	return 0;
 }
 
@@ -385,14 +428,10 @@ settle_seq_restore_id(settle_seq *q, const struct settle_seq_id *e)
 {
 	if (e->id == 0 || (e->epoch_result & 0xff) >= SETTLE_RESULT_COUNT)
 		return -EINVAL;
-	if (table_find(&q->ids, e->id))
+	if (id_find(q, e->id))
 		return -EINVAL;
-	if (q->ids.count == q->ids.capacity || q->fifo_len == q->ids.capacity)
+	if (q->fifo_len == q->fifo_cap)
 		return -ENOSPC;
-	struct entry *t = table_insert(&q->ids, e->id);
-	t->a = e->fingerprint;
-	t->b = e->epoch_result;
-	q->fifo[(q->fifo_head + q->fifo_len) % q->ids.capacity] = e->id;
-	q->fifo_len++;
+	fifo_push(q, e->id, e->fingerprint, e->epoch_result);
 	return 0;
 }

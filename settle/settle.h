@@ -96,6 +96,9 @@ struct settle_transfer {
 /* One logged operation of an epoch, as a shard sees it. */
 struct settle_op {
 	uint64_t lsn;
+	/* Ledger indexes, from the sequencer's directory: ACCOUNT: the new
+	 * account's (ix); TRANSFER: the debit's (ix) and credit's. */
+	uint32_t ix, credit_ix;
 	uint16_t type; /* settle_rec_type */
 	union {
 		struct settle_account_rec account;
@@ -123,23 +126,28 @@ struct settle_account {
 struct settle_credit {
 	uint64_t account;
 	uint64_t amount;
+	uint32_t ix; /* the account's ledger index */
+	uint32_t pad;
 };
 
 typedef struct settle_ledger settle_ledger;
 
 /*
- * A ledger for at most capacity accounts (a preallocated open-addressing
- * table at most 50% full, so 2 x capacity slots of 64 bytes). Returns 0 or
- * -ENOMEM / -EINVAL. One thread uses a ledger at a time.
+ * The accounts of every shard, in one dense array addressed by the
+ * account index the sequencer assigns (creation order in the log), 64
+ * bytes an account, each on its own cache line. Shards share the array
+ * but each writes only the accounts it owns (settle_shard_of), so no
+ * line is written by two threads; nobody hashes on the execution path.
+ * Untouched pages cost nothing, so memory follows the accounts that
+ * exist. Returns 0 or -ENOMEM / -EINVAL.
  */
 int settle_ledger_create(uint32_t capacity, settle_ledger **out);
 void settle_ledger_destroy(settle_ledger *l);
 
-/* The account, or NULL. The pointer is valid until the next epoch. */
-const struct settle_account *
-settle_ledger_find(const settle_ledger *l, uint64_t id);
-
-uint32_t settle_ledger_count(const settle_ledger *l);
+/* The account at ix, or NULL (empty, out of range). Valid until the next
+ * epoch. */
+const struct settle_account *settle_ledger_at(const settle_ledger *l,
+					      uint32_t ix);
 
 /* Which of nshards owns account id: a fixed hash, the same everywhere. */
 uint32_t settle_shard_of(uint64_t id, uint32_t nshards);
@@ -175,14 +183,20 @@ uint32_t settle_ledger_debit_phase(settle_ledger *l, const struct settle_op *ops
 void settle_ledger_apply_credits(settle_ledger *l, const struct settle_credit *c,
 				 uint32_t n);
 
-/* Walk every account (order unspecified). */
-void settle_ledger_foreach(const settle_ledger *l,
-			   void (*fn)(void *arg, const struct settle_account *a),
-			   void *arg);
+/* Walk the accounts at indexes below span (settle_seq_span), in index
+ * order; shard >= 0: only those nshards' shard `shard` owns. Returns how
+ * many fn saw. */
+uint32_t settle_ledger_foreach(const settle_ledger *l, uint32_t span,
+			       int shard, uint32_t nshards,
+			       void (*fn)(void *arg,
+					  const struct settle_account *a),
+			       void *arg);
 
-/* The ledger's own invariants (table consistent, nonneg accounts not below
- * zero). Expensive: a walk. */
-bool settle_ledger_valid(const settle_ledger *l);
+/* The ledger's own invariants (nonneg accounts not below zero) over the
+ * accounts shard `shard` of nshards owns below span (-1: all). Expensive:
+ * a walk. */
+bool settle_ledger_valid(const settle_ledger *l, uint32_t span, int shard,
+			 uint32_t nshards);
 
 /* ---- the sequencer's decisions -------------------------------------------- */
 
@@ -214,6 +228,8 @@ struct settle_seq_answer {
 	enum settle_seq_verdict verdict;
 	enum settle_result result; /* REFUSED, DONE */
 	uint64_t epoch;            /* DONE: the epoch it was settled in */
+	/* LOG: ledger indexes for the op (settle_op.ix, .credit_ix). */
+	uint32_t debit_ix, credit_ix;
 };
 
 /* Room for accounts_max accounts and dedup_window transfer ids. Returns 0,
@@ -254,9 +270,22 @@ void settle_seq_unlog_transfer(settle_seq *q, uint64_t id);
 /* Does account id exist (flags out, may be NULL)? */
 bool settle_seq_account_flags(const settle_seq *q, uint64_t id,
 			      uint32_t *flags);
+/* Its ledger index, or UINT32_MAX. */
+uint32_t settle_seq_account_ix(const settle_seq *q, uint64_t id);
+
+/* Start fetching what settle_seq_chain will read for t, the nth of a
+ * batch about to be decided: prefetching the whole batch first overlaps
+ * its cache misses instead of taking them one by one. A hint only. */
+void settle_seq_prefetch(const settle_seq *q, const struct settle_transfer *t,
+			 uint32_t nth);
 
 uint32_t settle_seq_accounts(const settle_seq *q);
+/* One past the highest ledger index handed out. */
+uint32_t settle_seq_span(const settle_seq *q);
 uint32_t settle_seq_remembered(const settle_seq *q);
+/* Bytes preallocated for the directory and for the id window (the memory
+ * targets are per account and per remembered id). Returns the sum. */
+size_t settle_seq_bytes(const settle_seq *q, size_t *accounts, size_t *ids);
 
 /* ---- snapshots of the sequencer and the ledger ---------------------------- */
 
@@ -278,11 +307,14 @@ uint64_t settle_seq_foreach_settled(const settle_seq *q,
  * ids oldest first. Return 0, or -ENOSPC when the snapshot does not fit
  * this configuration (accounts_max, dedup_window too small) or -EINVAL
  * for a duplicate. */
-int settle_seq_restore_account(settle_seq *q, uint64_t id, uint32_t flags);
+int settle_seq_restore_account(settle_seq *q, uint64_t id, uint32_t flags,
+			       uint32_t *ix);
 int settle_seq_restore_id(settle_seq *q, const struct settle_seq_id *e);
 
-/* Put an account as a snapshot stored it into an empty ledger slot.
- * Returns 0, -ENOSPC (capacity) or -EINVAL (duplicate, id 0, bad flags). */
-int settle_ledger_restore(settle_ledger *l, const struct settle_account *a);
+/* Put an account as a snapshot stored it at index ix (from
+ * settle_seq_restore_account). Returns 0, -ENOSPC (ix beyond capacity) or
+ * -EINVAL (slot taken, id 0, bad flags). */
+int settle_ledger_restore(settle_ledger *l, uint32_t ix,
+			  const struct settle_account *a);
 
 #endif /* SETTLE_H */
