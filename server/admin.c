@@ -260,19 +260,53 @@ cmd_snapshot(struct admin_client *c, const char *arg, struct json_buf *j)
 	json_obj_end(j);
 }
 
+static void
+cmd_peak(struct admin_client *c, const char *arg, struct json_buf *j)
+{
+	(void)c;
+	server_core_peak_json(arg, j);
+}
+
+static void
+cmd_hot(struct admin_client *c, const char *arg, struct json_buf *j)
+{
+	(void)c;
+	server_core_hot_json(arg, j);
+}
+
+static void
+cmd_merge(struct admin_client *c, const char *arg, struct json_buf *j)
+{
+	(void)c;
+	server_core_merge_json(arg, j);
+}
+
+static void
+cmd_history(struct admin_client *c, const char *arg, struct json_buf *j)
+{
+	(void)c;
+	server_core_history_json(arg, j);
+}
+
+enum { ARG_NONE, ARG_NEEDED, ARG_MAYBE };
+
 static const struct {
 	const char *name;
-	bool takes_arg;
+	int takes_arg;
 	void (*fn)(struct admin_client *c, const char *arg, struct json_buf *j);
 } commands[] = {
-	{ "status", false, cmd_status },
-	{ "config", false, cmd_config },
-	{ "reload", false, cmd_reload },
-	{ "shutdown", false, cmd_shutdown },
-	{ "stats", false, cmd_stats },
-	{ "account", true, cmd_account },
-	{ "verify", false, cmd_verify },
-	{ "snapshot", false, cmd_snapshot },
+	{ "status", ARG_NONE, cmd_status },
+	{ "config", ARG_NONE, cmd_config },
+	{ "reload", ARG_NONE, cmd_reload },
+	{ "shutdown", ARG_NONE, cmd_shutdown },
+	{ "stats", ARG_NONE, cmd_stats },
+	{ "account", ARG_NEEDED, cmd_account },
+	{ "verify", ARG_NONE, cmd_verify },
+	{ "snapshot", ARG_NONE, cmd_snapshot },
+	{ "peak", ARG_MAYBE, cmd_peak },
+	{ "hot", ARG_MAYBE, cmd_hot },
+	{ "merge", ARG_MAYBE, cmd_merge },
+	{ "history", ARG_NEEDED, cmd_history },
 };
 
 static void
@@ -295,14 +329,16 @@ handle_line(struct admin_client *c, char *line, size_t len)
 		if (strlen(commands[i].name) != vl ||
 		    memcmp(commands[i].name, line, vl) != 0)
 			continue;
-		if ((*rest != '\0') != commands[i].takes_arg) {
+		if (commands[i].takes_arg != ARG_MAYBE &&
+		    (*rest != '\0') != (commands[i].takes_arg == ARG_NEEDED)) {
 			snprintf(msg, sizeof(msg), "%s %s", commands[i].name,
 				 commands[i].takes_arg ? "needs an argument"
 						       : "takes no arguments");
 			reply_error(c, msg);
 			return;
 		}
-		char buf[16384];
+		/* history can be long; one thread, so static */
+		static char buf[1 << 19];
 		struct json_buf j;
 		json_init(&j, buf, sizeof(buf));
 		commands[i].fn(c, rest, &j);
@@ -312,7 +348,9 @@ handle_line(struct admin_client *c, char *line, size_t len)
 	}
 	snprintf(msg, sizeof(msg),
 		 "unknown command '%.*s' (commands: status, config, reload, "
-		 "shutdown, stats, account ID, verify, snapshot)",
+		 "shutdown, stats, account ID, verify, snapshot, peak "
+		 "[on|off|auto], hot [add|del ID], merge [ID], history ID "
+		 "[--limit N])",
 		 (int)(vl > 64 ? 64 : vl), line);
 	reply_error(c, msg);
 }

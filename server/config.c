@@ -26,6 +26,8 @@
 static const char *const log_levels[] = { "error", "warn", "info", "debug",
 					  NULL };
 static const char *const fsync_modes[] = { "always", "never", NULL };
+static const char *const peak_modes[] = { "schedule", "always", "never",
+					  NULL };
 
 #define F(field) offsetof(server_config, field)
 #define NOLIM 0, 0
@@ -94,6 +96,43 @@ static const struct server_config_key keys[] = {
 	  "1048576", F(settle_dedup_window),
 	  "transfer ids remembered for idempotent retries (oldest forgotten "
 	  "first); a retry older than this counts as new" },
+
+	{ "peak", "mode", SERVER_CFG_ENUM, SERVER_CFG_LIVE, NOLIM, peak_modes,
+	  "schedule", F(peak_mode),
+	  "schedule = peak inside `windows`; always; never (admin `peak "
+	  "on|off` overrides until `peak auto`)" },
+	{ "peak", "windows", SERVER_CFG_WINDOWS, SERVER_CFG_LIVE, NOLIM, NULL,
+	  "11:00-13:30,17:00-20:30", F(peak_windows),
+	  "peak hours, local time, HH:MM-HH:MM separated by commas (at most "
+	  "16; 22:00-02:00 crosses midnight); empty = none" },
+
+	{ "hot", "accounts", SERVER_CFG_IDS, SERVER_CFG_LIVE, NOLIM, NULL, "",
+	  F(hot_accounts),
+	  "account ids always hot (besides accounts created `hot`), comma "
+	  "separated; empty = none" },
+	{ "hot", "auto_threshold", SERVER_CFG_INT, SERVER_CFG_LIVE, 0,
+	  100000000, NULL, "2000", F(hot_auto_threshold),
+	  "postings per second that make an account hot automatically (below "
+	  "half of it for a window: normal again); 0 = no detection" },
+	{ "hot", "auto_window_s", SERVER_CFG_INT, SERVER_CFG_LIVE, 1, 3600, NULL,
+	  "10", F(hot_auto_window_s),
+	  "seconds over which automatic detection counts postings" },
+	{ "hot", "merge_ms", SERVER_CFG_INT, SERVER_CFG_LIVE, 10, 3600000, NULL,
+	  "1000", F(hot_merge_ms),
+	  "during peak, merge every hot buffer into the posted balance this "
+	  "often" },
+	{ "hot", "merge_max", SERVER_CFG_INT, SERVER_CFG_LIVE, 1, 100000000,
+	  NULL, "10000", F(hot_merge_max),
+	  "merge one account's buffer once this many credits to it were logged "
+	  "since its last merge" },
+	{ "hot", "max_accounts", SERVER_CFG_INT, 0, 1, 65536, NULL, "1024",
+	  F(hot_max_accounts),
+	  "most accounts hot at once (flag, config, admin and automatic); more "
+	  "are refused overloaded" },
+	{ "hot", "history", SERVER_CFG_INT, 0, 16, 16777216, NULL, "65536",
+	  F(hot_history),
+	  "journal entries kept in memory for admin `history` (the newest; "
+	  "full history is the MariaDB projection's)" },
 
 	{ "snapshot", "dir", SERVER_CFG_PATH, 0, NOLIM, NULL, "data/snap",
 	  F(snapshot_dir),
@@ -180,7 +219,8 @@ static bool
 is_str_type(enum server_config_type t)
 {
 	return t == SERVER_CFG_PATH || t == SERVER_CFG_ADDR ||
-	       t == SERVER_CFG_CPUS;
+	       t == SERVER_CFG_CPUS || t == SERVER_CFG_WINDOWS ||
+	       t == SERVER_CFG_IDS;
 }
 
 /* "" or "0,1,3": CPU numbers below 1024, at most 64 of them. */
@@ -196,6 +236,79 @@ cpus_valid(const char *v)
 		if (c >= 1024 || ++n > 64)
 			return false;
 		v = end;
+		if (*v == ',' && v[1] != '\0')
+			v++;
+		else if (*v != '\0')
+			return false;
+	}
+	return true;
+}
+
+static bool
+hhmm(const char **p, uint16_t *minutes)
+{
+	const char *s = *p;
+	if (s[0] < '0' || s[0] > '9' || s[1] < '0' || s[1] > '9' || s[2] != ':' ||
+	    s[3] < '0' || s[3] > '9' || s[4] < '0' || s[4] > '9')
+		return false;
+	int h = (s[0] - '0') * 10 + s[1] - '0', m = (s[3] - '0') * 10 + s[4] - '0';
+	/* 24:00 is the end of the day. */
+	if (m > 59 || h > 24 || (h == 24 && m != 0))
+		return false;
+	*minutes = (uint16_t)(h * 60 + m);
+	*p = s + 5;
+	return true;
+}
+
+int
+server_peak_windows_parse(const char *s, struct server_peak_window *w)
+{
+	int n = 0;
+	while (*s) {
+		struct server_peak_window x;
+		if (n == SERVER_PEAK_WINDOWS_MAX || !hhmm(&s, &x.from) ||
+		    *s++ != '-' || !hhmm(&s, &x.to) || x.from == x.to ||
+		    x.from == 1440)
+			return -1;
+		if (x.to == 1440)
+			x.to = 0; /* up to midnight */
+		if (w)
+			w[n] = x;
+		n++;
+		if (*s == ',' && s[1] != '\0')
+			s++;
+		else if (*s != '\0')
+			return -1;
+	}
+	return n;
+}
+
+bool
+server_peak_windows_contain(const struct server_peak_window *w, int n, int m)
+{
+	for (int i = 0; i < n; i++) {
+		if (w[i].from < w[i].to ? m >= w[i].from && m < w[i].to
+					: m >= w[i].from || m < w[i].to)
+			return true;
+	}
+	return false;
+}
+
+/* "" or "1,2,3": account ids (1 .. 2^64-1), at most 256. */
+static bool
+ids_valid(const char *v)
+{
+	int n = 0;
+	while (*v) {
+		uint64_t id = 0;
+		const char *start = v;
+		for (; *v >= '0' && *v <= '9'; v++) {
+			if (id > (UINT64_MAX - (uint64_t)(*v - '0')) / 10)
+				return false;
+			id = id * 10 + (uint64_t)(*v - '0');
+		}
+		if (v == start || id == 0 || ++n > 256)
+			return false;
 		if (*v == ',' && v[1] != '\0')
 			v++;
 		else if (*v != '\0')
@@ -265,6 +378,13 @@ describe_allowed(size_t i, char *buf, size_t size)
 	case SERVER_CFG_CPUS:
 		snprintf(buf, size, "empty (not pinned) or CPU numbers like "
 			 "0,1");
+		break;
+	case SERVER_CFG_WINDOWS:
+		snprintf(buf, size, "empty or up to 16 local-time windows like "
+			 "11:00-13:30,22:00-02:00");
+		break;
+	case SERVER_CFG_IDS:
+		snprintf(buf, size, "empty or up to 256 account ids like 1,2,3");
 		break;
 	case SERVER_CFG_ADDR:
 		snprintf(buf, size, "%san IPv4 address and port, like "
@@ -340,10 +460,15 @@ parse_value(server_config *cfg, size_t i, const char *v, const char *dir)
 		}
 		return false;
 	case SERVER_CFG_CPUS:
+	case SERVER_CFG_WINDOWS:
+	case SERVER_CFG_IDS:
 	case SERVER_CFG_ADDR: {
-		if (k->type == SERVER_CFG_CPUS ? !cpus_valid(v)
-		    : v[0] == '\0'	       ? !(k->flags & SERVER_CFG_EMPTY_OK)
-					       : !addr_valid(v))
+		bool ok = k->type == SERVER_CFG_CPUS	? cpus_valid(v)
+			  : k->type == SERVER_CFG_WINDOWS ? server_peak_windows_parse(v, NULL) >= 0
+			  : k->type == SERVER_CFG_IDS	? ids_valid(v)
+			  : v[0] == '\0' ? (k->flags & SERVER_CFG_EMPTY_OK) != 0
+					: addr_valid(v);
+		if (!ok)
 			return false;
 		char *s = strdup(v);
 		DOVE_ASSERT(s != NULL);
@@ -654,6 +779,8 @@ server_config_format(const server_config *cfg, size_t i, char *buf,
 	case SERVER_CFG_PATH:
 	case SERVER_CFG_ADDR:
 	case SERVER_CFG_CPUS:
+	case SERVER_CFG_WINDOWS:
+	case SERVER_CFG_IDS:
 		n = snprintf(buf, size, "%s", *field_str(c, i));
 		break;
 	}

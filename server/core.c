@@ -56,6 +56,14 @@ enum slot_state {
 };
 
 static uint64_t
+wall_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t
 core_now_ns(void)
 {
 	struct timespec ts;
@@ -154,6 +162,21 @@ struct core {
 	uint64_t reply_hist[STORE_WAL_HIST];
 	uint64_t reply_ns_max;
 
+	/* Differentiated settlement (DESIGN.md): the server decides from
+	 * the clock, the config and the detector, and logs PEAK / HOT /
+	 * MERGE records; the ledger only follows the log. */
+	int peak_override;       /* -1 auto (config), 0 off, 1 on */
+	uint64_t peak_began_ns, peak_ended_ns; /* wall clock, last ones */
+	uint64_t last_merge_ns;  /* monotonic: the last timed merge */
+	uint64_t window_start_ns; /* monotonic: the detector's window */
+	uint32_t hot_max;
+	settle_sketch *sketch;
+	bool auto_on;            /* [hot] auto_threshold > 0 */
+	struct journal *journal;
+	uint64_t merges, merged_postings;
+	uint64_t realtime_postings, buffered_postings;
+	uint64_t merges_by_reason[SETTLE_MERGE_REASONS];
+
 	/* Execution scratch, sized once. legs[src * nshards + dst]: the
 	 * credit legs shard src produced for shard dst in this epoch. */
 	struct settle_op **shard_ops;
@@ -164,6 +187,9 @@ struct core {
 	uint32_t *nlegs;
 	uint8_t **op_results; /* per shard */
 	struct sink_ctx *sinks;
+	struct settle_post *posts;     /* CORE_RECS, by op where */
+	struct settle_batch **batches; /* per shard, hot_max each */
+	uint32_t *nbatches;
 
 	/* Shard threads (when shards > 1). The main thread publishes a job
 	 * (release on job), every worker runs phase 1 on its shard, meets
@@ -236,6 +262,10 @@ rec_payload(const struct settle_op *op, const void **data)
 		*data = &op->u.account;
 		return sizeof(op->u.account);
 	}
+	if (op->type != SETTLE_REC_TRANSFER) {
+		*data = &op->u.ctl;
+		return sizeof(op->u.ctl);
+	}
 	*data = &op->u.transfer;
 	return sizeof(op->u.transfer);
 }
@@ -262,10 +292,39 @@ stage(struct core *k, struct conn *c, uint64_t slot, const struct settle_op *op)
 	DOVE_ASSERT(k->rec_tail - k->rec_head < CORE_RECS);
 	struct rec *r = &k->recs[k->rec_tail++ % CORE_RECS];
 	r->op = *op;
-	r->conn = c->index;
-	r->gen = c->gen;
+	r->conn = c ? c->index : UINT32_MAX; /* control: nobody to answer */
+	r->gen = c ? c->gen : 0;
 	r->slot = slot;
 	k->staged_bytes += rec_bytes(op);
+}
+
+/* A control record: logged when the sequencer's state changes with it.
+ * Returns its verdict's result (SETTLE_OK when logged). */
+static enum settle_result
+stage_control(struct core *k, uint16_t type, uint64_t account, uint32_t on,
+	      uint32_t reason)
+{
+	if (k->rec_tail - k->rec_head >= CORE_RECS)
+		return SETTLE_OVERLOADED; /* the next tick tries again */
+	struct settle_op op = { .type = type };
+	op.u.ctl = (struct settle_ctl_rec){ account, on, reason };
+	struct settle_seq_answer a;
+	settle_seq_control(k->seq, type, &op.u.ctl, &a);
+	if (a.verdict != SETTLE_SEQ_LOG)
+		return a.result;
+	op.ix = a.debit_ix;
+	stage(k, NULL, 0, &op);
+	return SETTLE_OK;
+}
+
+/* Count postings for the hot-account detector (bounded memory). */
+static void
+detect(struct core *k, const struct settle_transfer *t)
+{
+	if (!k->auto_on)
+		return;
+	settle_sketch_add(k->sketch, t->debit);
+	settle_sketch_add(k->sketch, t->credit);
 }
 
 /* ---- requests ----------------------------------------------------------- */
@@ -311,8 +370,14 @@ submit_chain(struct core *k, struct conn *c)
 			op.ix = ans[i].debit_ix;
 			op.credit_ix = ans[i].credit_ix;
 			stage(k, c, c->chain_slot[i], &op);
+			detect(k, &c->chain[i]);
 		}
 	}
+	/* After the chain (never inside it): merges that came due. */
+	for (uint32_t i = 0; i < n; i++)
+		if (ans[i].merge_due)
+			stage_control(k, SETTLE_REC_MERGE, c->chain[i].credit, 0,
+				      SETTLE_MERGE_MAX);
 	c->chain_len = 0;
 }
 
@@ -637,28 +702,61 @@ route_credit(void *arg, const struct settle_credit *cr)
 	k->legs[li][k->nlegs[li]++] = *cr;
 }
 
+static void
+collect_batch(void *arg, const struct settle_batch *b)
+{
+	struct sink_ctx *sc = arg;
+	struct core *k = sc->k;
+	/* A shard merges each open buffer at most once per epoch (buffers
+	 * fill only at its end), and it has at most hot_max of them. */
+	DOVE_ASSERT(k->nbatches[sc->src] < k->hot_max);
+	k->batches[sc->src][k->nbatches[sc->src]++] = *b;
+}
+
+static struct settle_shard_out
+shard_out(struct core *k, uint32_t s)
+{
+	return (struct settle_shard_out){ route_credit, collect_batch,
+					  &k->sinks[s], k->posts };
+}
+
+/* Seen by every shard, answered once. */
+static bool
+broadcast(const struct settle_op *op)
+{
+	return op->type == SETTLE_REC_PEAK ||
+	       (op->type == SETTLE_REC_MERGE && op->u.ctl.account == 0);
+}
+
 /* Phase 1 on shard s: its debits, in LSN order; legs out. Touches only
- * shard s's ledger, its scratch and its own rows of legs and results. */
+ * shard s's accounts, its scratch and its own rows of legs and results. */
 static void
 shard_phase1(struct core *k, uint32_t s)
 {
-	struct settle_credit_sink sink = { route_credit, &k->sinks[s] };
+	struct settle_shard_out out = shard_out(k, s);
 	uint8_t *res = k->op_results[s];
-	settle_ledger_debit_phase(k->ledger, k->shard_ops[s], k->shard_n[s],
-				  res, &sink);
+	settle_ledger_debit_phase(k->ledger, s, k->shard_ops[s], k->shard_n[s],
+				  res, &out);
 	for (uint32_t j = 0; j < k->shard_n[s]; j++)
-		k->results[k->shard_where[s][j]] = res[j];
+		if (s == 0 || !broadcast(&k->shard_ops[s][j]))
+			k->results[k->shard_where[s][j]] = res[j];
 }
 
-/* Phase 2 on shard d: every leg for it, from every shard (the barrier). */
+/* Phase 2 on shard d: every leg for it, from every shard (the barrier),
+ * in LSN order. */
 static void
 shard_phase2(struct core *k, uint32_t d)
 {
+	const struct settle_credit *lists[64];
+	uint32_t counts[64];
 	for (uint32_t src = 0; src < k->nshards; src++) {
 		uint32_t li = src * k->nshards + d;
-		settle_ledger_apply_credits(k->ledger, k->legs[li],
-					    k->nlegs[li]);
+		lists[src] = k->legs[li];
+		counts[src] = k->nlegs[li];
 	}
+	struct settle_shard_out out = shard_out(k, d);
+	settle_ledger_apply_credits(k->ledger, d, lists, counts, k->nshards,
+				    &out);
 	DOVE_ASSERT_DEBUG(settle_ledger_valid(k->ledger, settle_seq_span(k->seq),
 					      (int)d, k->nshards));
 }
@@ -736,22 +834,67 @@ shard_main(void *arg)
 
 /* Run the records [first, first + count) as epoch `epoch`. */
 static void
+dispatch(struct core *k, uint32_t s, uint32_t i, const struct settle_op *op)
+{
+	k->shard_where[s][k->shard_n[s]] = i;
+	k->shard_ops[s][k->shard_n[s]++] = *op;
+}
+
+/* The journal and the counters of what the epoch did (main thread). */
+static void
+account_epoch(struct core *k, uint64_t first, uint32_t count, uint64_t epoch,
+	      uint64_t time_ns)
+{
+	for (uint32_t i = 0; i < count; i++) {
+		struct rec *r = &k->recs[(first + i) % CORE_RECS];
+		if (r->op.type != SETTLE_REC_TRANSFER)
+			continue;
+		enum settle_result res = (enum settle_result)k->results[i];
+		journal_transfer(k->journal, &r->op.u.transfer, res, epoch,
+				 r->op.lsn, time_ns, &k->posts[i]);
+		if (res != SETTLE_OK)
+			continue;
+		k->realtime_postings++; /* the debit */
+		if (k->posts[i].credit_buffered)
+			k->buffered_postings++;
+		else
+			k->realtime_postings++;
+	}
+	for (uint32_t s = 0; s < k->nshards; s++) {
+		for (uint32_t b = 0; b < k->nbatches[s]; b++) {
+			const struct settle_batch *x = &k->batches[s][b];
+			journal_batch(k->journal, x, epoch, time_ns);
+			k->merges++;
+			k->merged_postings += x->count;
+			k->merges_by_reason[x->reason]++;
+		}
+	}
+}
+
+static void
 run_epoch(struct core *k, uint64_t first, uint32_t count, uint64_t epoch,
-	  uint64_t first_lsn)
+	  uint64_t first_lsn, uint64_t time_ns)
 {
 	memset(k->shard_n, 0, k->nshards * sizeof(uint32_t));
 	memset(k->nlegs, 0, (size_t)k->nshards * k->nshards * sizeof(uint32_t));
+	memset(k->nbatches, 0, k->nshards * sizeof(uint32_t));
 	for (uint32_t i = 0; i < count; i++) {
 		struct rec *r = &k->recs[(first + i) % CORE_RECS];
 		r->op.lsn = first_lsn + i;
-		uint64_t key = r->op.type == SETTLE_REC_ACCOUNT
-				       ? r->op.u.account.id
-				       : r->op.u.transfer.debit;
+		r->op.where = i;
+		if (broadcast(&r->op)) {
+			for (uint32_t s = 0; s < k->nshards; s++)
+				dispatch(k, s, i, &r->op);
+			continue;
+		}
+		uint64_t key = r->op.type == SETTLE_REC_ACCOUNT ? r->op.u.account.id
+			       : r->op.type == SETTLE_REC_TRANSFER
+				       ? r->op.u.transfer.debit
+				       : r->op.u.ctl.account;
 		uint32_t s = settle_shard_of(key, k->nshards);
 		if (r->op.type == SETTLE_REC_ACCOUNT)
 			k->shard_accounts[s]++;
-		k->shard_where[s][k->shard_n[s]] = i;
-		k->shard_ops[s][k->shard_n[s]++] = r->op;
+		dispatch(k, s, i, &r->op);
 	}
 	if (k->workers == NULL) {
 		/* One shard, or no threads: the same two phases, in line. */
@@ -770,6 +913,7 @@ run_epoch(struct core *k, uint64_t first, uint32_t count, uint64_t epoch,
 		const struct ring_wait wait = RING_WAIT_DEFAULT;
 		ring_event_wait(&k->ev_done, done_ready, k, &wait, -1);
 	}
+	account_epoch(k, first, count, epoch, time_ns);
 	k->epochs_run++;
 	k->records_run += count;
 	k->last_epoch = epoch;
@@ -782,8 +926,10 @@ run_epoch(struct core *k, uint64_t first, uint32_t count, uint64_t epoch,
 		if (r->op.type == SETTLE_REC_TRANSFER) {
 			id = r->op.u.transfer.id;
 			settle_seq_resolve(k->seq, id, res, epoch);
-		} else {
+		} else if (r->op.type == SETTLE_REC_ACCOUNT) {
 			id = r->op.u.account.id;
+		} else {
+			continue; /* control: nobody asked */
 		}
 		struct conn *c = conn_get(k, r->conn, r->gen);
 		if (c != NULL && r->slot >= c->slot_head)
@@ -802,9 +948,12 @@ fail_records(struct core *k, uint64_t first, uint32_t count)
 		if (r->op.type == SETTLE_REC_TRANSFER) {
 			id = r->op.u.transfer.id;
 			settle_seq_unlog_transfer(k->seq, id);
-		} else {
+		} else if (r->op.type == SETTLE_REC_ACCOUNT) {
 			id = r->op.u.account.id;
 			settle_seq_unlog_account(k->seq, id);
+		} else {
+			settle_seq_unlog_control(k->seq, r->op.type, &r->op.u.ctl);
+			continue;
 		}
 		struct conn *c = conn_get(k, r->conn, r->gen);
 		if (c != NULL && r->slot >= c->slot_head)
@@ -874,6 +1023,55 @@ put_id(void *arg, const struct settle_seq_id *e)
 	p->n++;
 }
 
+/* The snapshot's extra section (docs/snapshot-format.md): peak, the hot
+ * accounts not hot by their flag, the open buffers. */
+#define SNAP_HOT_MAGIC 0x31544f48u /* "HOT1" */
+struct snap_hot_head {
+	uint32_t magic, peak, nhot, nbuf;
+};
+struct snap_hot {
+	uint64_t id;
+	uint32_t reason, pad;
+};
+_Static_assert(sizeof(struct settle_buffer) == 32, "snapshot buffer record");
+
+struct hot_put {
+	struct snap_put *p;
+	uint32_t n;
+};
+
+static void
+count_hot(void *arg, uint64_t id, uint32_t reason)
+{
+	(void)id;
+	if (reason != SETTLE_HOT_FLAG)
+		((struct hot_put *)arg)->n++;
+}
+
+static void
+put_hot(void *arg, uint64_t id, uint32_t reason)
+{
+	struct hot_put *h = arg;
+	struct snap_hot e = { id, reason, 0 };
+	if (reason != SETTLE_HOT_FLAG && h->p->rc == 0)
+		h->p->rc = store_snap_put(h->p->w, &e, sizeof(e));
+}
+
+static void
+count_buf(void *arg, const struct settle_buffer *b)
+{
+	(void)b;
+	((struct hot_put *)arg)->n++;
+}
+
+static void
+put_buf(void *arg, const struct settle_buffer *b)
+{
+	struct snap_put *p = arg;
+	if (p->rc == 0)
+		p->rc = store_snap_put(p->w, b, sizeof(*b));
+}
+
 /* Write the state as of k->last_epoch. Used by the forked child and, at
  * a clean stop, in-process. Returns 0 or -errno. */
 static int
@@ -887,12 +1085,26 @@ snapshot_write(struct core *k, const char *dir)
 	settle_ledger_foreach(k->ledger, settle_seq_span(k->seq), -1, 1,
 			      put_account, &accounts);
 	settle_seq_foreach_settled(k->seq, put_id, &ids);
-	rc = accounts.rc ? accounts.rc : ids.rc;
+	struct hot_put nhot = { NULL, 0 }, nbuf = { NULL, 0 };
+	settle_seq_foreach_hot(k->seq, count_hot, &nhot);
+	settle_ledger_foreach_buffer(k->ledger, count_buf, &nbuf);
+	struct snap_hot_head head = { SNAP_HOT_MAGIC,
+				      settle_seq_peak(k->seq), nhot.n, nbuf.n };
+	struct snap_put extra = { w, 0, 0 };
+	extra.rc = store_snap_put(w, &head, sizeof(head));
+	struct hot_put hp = { &extra, 0 };
+	settle_seq_foreach_hot(k->seq, put_hot, &hp);
+	settle_ledger_foreach_buffer(k->ledger, put_buf, &extra);
+	rc = accounts.rc ? accounts.rc : ids.rc ? ids.rc : extra.rc;
 	if (rc != 0) {
 		store_snap_abort(w);
 		return rc;
 	}
-	return store_snap_commit(w, accounts.n, ids.n);
+	return store_snap_commit(w, accounts.n, ids.n,
+				 sizeof(head) + (uint64_t)nhot.n *
+							sizeof(struct snap_hot) +
+					 (uint64_t)nbuf.n *
+						 sizeof(struct settle_buffer));
 }
 
 /* Take the wanted snapshot if the log is quiet: nothing staged or in
@@ -1001,6 +1213,162 @@ server_core_child_exited(pid_t pid, int status)
 	}
 }
 
+/* ---- peak hours and the hot set ---------------------------------------------- */
+
+/* What the tick needs from the config, copied under the read lock. */
+struct hot_cfg {
+	int64_t mode, threshold, window_s, merge_ms, merge_max;
+	char windows[256];
+	char accounts[8192];
+};
+
+static void
+hot_cfg_get(struct hot_cfg *h)
+{
+	urcu_memb_read_lock();
+	const server_config *c = server_config_get();
+	h->mode = c->peak_mode;
+	h->threshold = c->hot_auto_threshold;
+	h->window_s = c->hot_auto_window_s;
+	h->merge_ms = c->hot_merge_ms;
+	h->merge_max = c->hot_merge_max;
+	snprintf(h->windows, sizeof(h->windows), "%s", c->peak_windows);
+	snprintf(h->accounts, sizeof(h->accounts), "%s", c->hot_accounts);
+	urcu_memb_read_unlock();
+}
+
+static bool
+peak_wanted(const struct core *k, const struct hot_cfg *h)
+{
+	if (k->peak_override >= 0)
+		return k->peak_override == 1;
+	if (h->mode != 0)
+		return h->mode == 1;
+	struct server_peak_window w[SERVER_PEAK_WINDOWS_MAX];
+	int n = server_peak_windows_parse(h->windows, w);
+	time_t t = time(NULL);
+	struct tm tm;
+	localtime_r(&t, &tm);
+	return server_peak_windows_contain(w, n < 0 ? 0 : n,
+					   tm.tm_hour * 60 + tm.tm_min);
+}
+
+static void
+set_peak(struct core *k, bool on)
+{
+	if (stage_control(k, SETTLE_REC_PEAK, 0, on, 0) != SETTLE_OK)
+		return;
+	if (on)
+		k->peak_began_ns = wall_ns();
+	else
+		k->peak_ended_ns = wall_ns();
+	DOVE_INFO("peak %s", on ? "begins" : "ends: every hot buffer merges");
+}
+
+static bool
+id_listed(const char *list, uint64_t id)
+{
+	for (const char *p = list; *p;) {
+		char *end;
+		if (strtoull(p, &end, 10) == id)
+			return true;
+		p = *end == ',' ? end + 1 : end;
+	}
+	return false;
+}
+
+struct hot_walk {
+	struct core *k;
+	const struct hot_cfg *h;
+	uint64_t ids[256];
+	uint32_t reasons[256];
+	uint32_t n;
+};
+
+static void
+collect_hot(void *arg, uint64_t id, uint32_t reason)
+{
+	struct hot_walk *w = arg;
+	if (w->n < 256 && (reason == SETTLE_HOT_CONFIG || reason == SETTLE_HOT_AUTO)) {
+		w->ids[w->n] = id;
+		w->reasons[w->n++] = reason;
+	}
+}
+
+/* [hot] accounts: listed ones that exist become hot; config-hot ones no
+ * longer listed stop. Automatic detection: heavy accounts become hot at
+ * once; at the end of each window, auto-hot ones below half the level
+ * stop. Every change is a HOT record. */
+static void
+hot_tick(struct core *k, const struct hot_cfg *h, uint64_t now)
+{
+	for (const char *p = h->accounts; *p;) {
+		char *end;
+		uint64_t id = strtoull(p, &end, 10);
+		if (settle_seq_account_flags(k->seq, id, NULL) &&
+		    !settle_seq_hot(k->seq, id, NULL))
+			stage_control(k, SETTLE_REC_HOT, id, 1, SETTLE_HOT_CONFIG);
+		p = *end == ',' ? end + 1 : end;
+	}
+	struct hot_walk w = { .k = k, .h = h };
+	/* At most 256 per tick: the rest go at the next ones. */
+	settle_seq_foreach_hot(k->seq, collect_hot, &w);
+	for (uint32_t i = 0; i < w.n; i++)
+		if (w.reasons[i] == SETTLE_HOT_CONFIG && !id_listed(h->accounts, w.ids[i]))
+			stage_control(k, SETTLE_REC_HOT, w.ids[i], 0,
+				      SETTLE_HOT_CONFIG);
+
+	bool was_on = k->auto_on;
+	k->auto_on = h->threshold > 0;
+	uint64_t level64 = (uint64_t)h->threshold * (uint64_t)h->window_s;
+	uint32_t level = level64 > UINT32_MAX ? UINT32_MAX : (uint32_t)level64;
+	if (!k->auto_on) {
+		for (uint32_t i = 0; i < w.n; i++)
+			if (w.reasons[i] == SETTLE_HOT_AUTO)
+				stage_control(k, SETTLE_REC_HOT, w.ids[i], 0,
+					      SETTLE_HOT_AUTO);
+		return;
+	}
+	if (!was_on) {
+		settle_sketch_reset(k->sketch, level);
+		k->window_start_ns = now;
+		return;
+	}
+	uint64_t heavy[256];
+	uint32_t nh = settle_sketch_heavy(k->sketch, heavy, 256);
+	for (uint32_t i = 0; i < nh; i++)
+		if (!settle_seq_hot(k->seq, heavy[i], NULL))
+			stage_control(k, SETTLE_REC_HOT, heavy[i], 1,
+				      SETTLE_HOT_AUTO);
+	if (now - k->window_start_ns < (uint64_t)h->window_s * 1000000000u)
+		return;
+	for (uint32_t i = 0; i < w.n; i++)
+		if (w.reasons[i] == SETTLE_HOT_AUTO &&
+		    settle_sketch_estimate(k->sketch, w.ids[i]) < level / 2)
+			stage_control(k, SETTLE_REC_HOT, w.ids[i], 0,
+				      SETTLE_HOT_AUTO);
+	settle_sketch_reset(k->sketch, level);
+	k->window_start_ns = now;
+}
+
+static void
+core_tick(struct core *k, uint64_t now)
+{
+	struct hot_cfg h;
+	hot_cfg_get(&h);
+	settle_seq_set_merge_max(k->seq, (uint64_t)h.merge_max);
+	bool want = peak_wanted(k, &h);
+	if (want != settle_seq_peak(k->seq))
+		set_peak(k, want);
+	hot_tick(k, &h, now);
+	if (settle_seq_peak(k->seq) &&
+	    now - k->last_merge_ns >= (uint64_t)h.merge_ms * 1000000u) {
+		if (settle_seq_buffered_since_merge(k->seq) > 0)
+			stage_control(k, SETTLE_REC_MERGE, 0, 0, SETTLE_MERGE_TIMER);
+		k->last_merge_ns = now;
+	}
+}
+
 static void
 on_snap_timer(struct server_ev *ev, uint32_t events)
 {
@@ -1013,6 +1381,7 @@ on_snap_timer(struct server_ev *ev, uint32_t events)
 	int64_t every = server_config_get()->snapshot_every_s;
 	urcu_memb_read_unlock();
 	uint64_t now = core_now_ns();
+	core_tick(k, now);
 	if (every > 0 && now - k->snap_last_ns >= (uint64_t)every * 1000000000u &&
 	    k->last_epoch != k->snap_last_epoch) {
 		k->snap_last_ns = now;
@@ -1035,7 +1404,7 @@ drain_flights(struct core *k)
 				break;
 			if (rc == 0)
 				run_epoch(k, f->first, f->count, epoch,
-					  first_lsn);
+					  first_lsn, wall_ns());
 			else
 				fail_records(k, f->first, f->count);
 		}
@@ -1155,9 +1524,232 @@ server_core_account_json(uint64_t id, struct json_buf *j)
 		json_u128(j, a->credits_posted - a->debits_posted);
 	else
 		json_u128_signed(j, a->debits_posted - a->credits_posted, true);
+	uint32_t reason;
+	bool hot = settle_seq_hot(k->seq, id, &reason);
+	json_key(j, "hot");
+	json_bool(j, hot);
+	json_key(j, "hot_reason");
+	if (hot)
+		json_str(j, settle_hot_reason_name(reason));
+	else
+		json_null(j);
+	struct settle_buffer b = { 0 };
+	settle_ledger_buffer(k->ledger, settle_seq_account_ix(k->seq, id), &b);
+	json_key(j, "buffered_count");
+	json_u64(j, b.count);
+	json_key(j, "buffer_first_id");
+	json_u64(j, b.first_id);
+	json_key(j, "buffer_last_id");
+	json_u64(j, b.last_id);
 	json_key(j, "as_of_epoch");
 	json_u64(j, k->last_epoch);
 	json_obj_end(j);
+}
+
+/* ---- admin: peak, hot, merge, history ------------------------------------- */
+
+static void
+json_error(struct json_buf *j, const char *msg)
+{
+	json_obj_begin(j);
+	json_key(j, "error");
+	json_str(j, msg);
+	json_obj_end(j);
+}
+
+static bool
+parse_id(const char *s, uint64_t *id, const char **rest)
+{
+	char *end;
+	if (*s < '0' || *s > '9')
+		return false;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno != 0 || v == 0 || (*end != '\0' && *end != ' '))
+		return false;
+	*id = v;
+	if (rest)
+		*rest = end + strspn(end, " ");
+	return true;
+}
+
+static void
+json_time(struct json_buf *j, uint64_t ns)
+{
+	if (ns == 0) {
+		json_null(j); /* not since this process started */
+		return;
+	}
+	char b[32];
+	time_t t = (time_t)(ns / 1000000000u);
+	struct tm tm;
+	localtime_r(&t, &tm);
+	strftime(b, sizeof(b), "%Y-%m-%dT%H:%M:%S%z", &tm);
+	json_str(j, b);
+}
+
+static void
+peak_status(struct core *k, struct json_buf *j)
+{
+	struct hot_cfg h;
+	hot_cfg_get(&h);
+	static const char *const modes[] = { "schedule", "always", "never" };
+	json_key(j, "peak");
+	json_bool(j, settle_seq_peak(k->seq));
+	json_key(j, "mode");
+	json_str(j, modes[h.mode]);
+	json_key(j, "windows");
+	json_str(j, h.windows);
+	json_key(j, "override");
+	json_str(j, k->peak_override < 0 ? "auto"
+		    : k->peak_override ? "on" : "off");
+	json_key(j, "began");
+	json_time(j, k->peak_began_ns);
+	json_key(j, "ended");
+	json_time(j, k->peak_ended_ns);
+}
+
+void
+server_core_peak_json(const char *arg, struct json_buf *j)
+{
+	struct core *k = the_core;
+	if (*arg) {
+		if (!strcmp(arg, "on"))
+			k->peak_override = 1;
+		else if (!strcmp(arg, "off"))
+			k->peak_override = 0;
+		else if (!strcmp(arg, "auto"))
+			k->peak_override = -1;
+		else
+			return json_error(j, "peak takes on, off or auto");
+		core_tick(k, core_now_ns()); /* logged with the next epoch */
+	}
+	json_obj_begin(j);
+	peak_status(k, j);
+	json_obj_end(j);
+}
+
+struct hot_list {
+	struct core *k;
+	struct json_buf *j;
+	uint32_t level_window_s;
+};
+
+static void
+list_hot(void *arg, uint64_t id, uint32_t reason)
+{
+	struct hot_list *h = arg;
+	struct core *k = h->k;
+	struct json_buf *j = h->j;
+	json_obj_begin(j);
+	json_key(j, "id");
+	json_u64(j, id);
+	json_key(j, "reason");
+	json_str(j, settle_hot_reason_name(reason));
+	if (reason == SETTLE_HOT_AUTO) {
+		/* postings per second so far in the detector's window */
+		uint64_t el = core_now_ns() - k->window_start_ns;
+		uint64_t est = settle_sketch_estimate(k->sketch, id);
+		json_key(j, "rate");
+		json_u64(j, el > 1000000u ? est * 1000000000u / el : est);
+	}
+	uint32_t ix = settle_seq_account_ix(k->seq, id);
+	const struct settle_account *a = settle_ledger_at(k->ledger, ix);
+	struct settle_buffer b = { 0 };
+	settle_ledger_buffer(k->ledger, ix, &b);
+	json_key(j, "buffered_count");
+	json_u64(j, b.count);
+	json_key(j, "buffered_sum");
+	json_u128(j, a ? a->credits_buffered : 0);
+	json_obj_end(j);
+}
+
+void
+server_core_hot_json(const char *arg, struct json_buf *j)
+{
+	struct core *k = the_core;
+	if (*arg) {
+		bool add = !strncmp(arg, "add ", 4), del = !strncmp(arg, "del ", 4);
+		uint64_t id;
+		const char *rest;
+		if ((!add && !del) || !parse_id(arg + 4, &id, &rest) || *rest)
+			return json_error(j, "hot takes nothing, `add ID` or `del ID`");
+		enum settle_result r = stage_control(k, SETTLE_REC_HOT, id, add,
+						     SETTLE_HOT_ADMIN);
+		json_obj_begin(j);
+		json_key(j, "ok");
+		json_bool(j, r == SETTLE_OK);
+		json_key(j, "id");
+		json_u64(j, id);
+		if (r != SETTLE_OK) {
+			json_key(j, "error");
+			json_str(j, r == SETTLE_ACCOUNT_EXISTS ? "already hot"
+				    : r == SETTLE_NO_SUCH_ACCOUNT
+					    ? (add ? "no such account" : "not hot")
+				    : r == SETTLE_OVERLOADED ? "the hot set is full ([hot] max_accounts)"
+				    : "hot by its account flag: for ever");
+		} else {
+			json_key(j, "hot");
+			json_bool(j, add);
+		}
+		json_obj_end(j);
+		return;
+	}
+	json_obj_begin(j);
+	peak_status(k, j);
+	json_key(j, "count");
+	json_u64(j, settle_seq_hot_count(k->seq));
+	json_key(j, "hot");
+	json_arr_begin(j);
+	struct hot_list h = { k, j, 0 };
+	settle_seq_foreach_hot(k->seq, list_hot, &h);
+	json_arr_end(j);
+	json_obj_end(j);
+}
+
+void
+server_core_merge_json(const char *arg, struct json_buf *j)
+{
+	struct core *k = the_core;
+	uint64_t id = 0;
+	if (*arg && !parse_id(arg, &id, NULL))
+		return json_error(j, "merge takes nothing (every buffer) or an "
+				     "account id");
+	enum settle_result r = stage_control(k, SETTLE_REC_MERGE, id, 0,
+					     SETTLE_MERGE_ADMIN);
+	json_obj_begin(j);
+	json_key(j, "ok");
+	json_bool(j, r == SETTLE_OK);
+	if (r != SETTLE_OK) {
+		json_key(j, "error");
+		json_str(j, "not a hot account");
+	} else {
+		json_key(j, "merge");
+		json_str(j, "logged; it runs with the next epoch");
+	}
+	json_obj_end(j);
+}
+
+void
+server_core_history_json(const char *arg, struct json_buf *j)
+{
+	struct core *k = the_core;
+	uint64_t id;
+	const char *rest;
+	uint32_t limit = 20;
+	if (!parse_id(arg, &id, &rest))
+		return json_error(j, "history needs an account id, then "
+				     "optionally --limit N");
+	if (*rest) {
+		char *end;
+		unsigned long n = strncmp(rest, "--limit ", 8) ? 0
+							 : strtoul(rest + 8, &end, 10);
+		if (n == 0 || n > 1000 || *end != '\0')
+			return json_error(j, "history ID [--limit N], N in "
+					     "1..1000");
+		limit = (uint32_t)n;
+	}
+	journal_history_json(k->journal, id, limit, j);
 }
 
 void
@@ -1241,6 +1833,34 @@ server_core_stats_json(struct json_buf *j)
 	json_u64(j, k->snaps_taken);
 	json_key(j, "snapshots_failed");
 	json_u64(j, k->snaps_failed);
+	json_key(j, "peak");
+	json_obj_begin(j);
+	peak_status(k, j);
+	json_obj_end(j);
+	json_key(j, "hot_accounts");
+	json_u64(j, settle_seq_hot_count(k->seq));
+	json_key(j, "merges");
+	json_u64(j, k->merges);
+	json_key(j, "merged_postings");
+	json_u64(j, k->merged_postings);
+	json_key(j, "avg_batch");
+	json_u64(j, k->merges ? k->merged_postings / k->merges : 0);
+	json_key(j, "merges_by_reason");
+	json_obj_begin(j);
+	for (unsigned r = 0; r < SETTLE_MERGE_REASONS; r++) {
+		json_key(j, settle_merge_reason_name(r));
+		json_u64(j, k->merges_by_reason[r]);
+	}
+	json_obj_end(j);
+	/* What a store projection has to write: one balance update per
+	 * real-time posting and one per merge; a row per transfer and per
+	 * batch. */
+	json_key(j, "postings_realtime");
+	json_u64(j, k->realtime_postings);
+	json_key(j, "postings_buffered");
+	json_u64(j, k->buffered_postings);
+	json_key(j, "balance_updates");
+	json_u64(j, k->realtime_postings + k->merges);
 	json_key(j, "shards");
 	json_arr_begin(j);
 	for (uint32_t s = 0; s < k->nshards; s++)
@@ -1374,6 +1994,14 @@ replay_epoch(void *arg, const struct store_wal_epoch *ep)
 				cr->op.credit_ix = ans[i].credit_ix;
 			}
 			chain_len = 0;
+		} else if ((wr.type == SETTLE_REC_PEAK || wr.type == SETTLE_REC_HOT ||
+			    wr.type == SETTLE_REC_MERGE) &&
+			   wr.len == sizeof(r->op.u.ctl) && chain_len == 0) {
+			memcpy(&r->op.u.ctl, wr.data, wr.len);
+			settle_seq_control(k->seq, wr.type, &r->op.u.ctl, ans);
+			if (ans[0].verdict != SETTLE_SEQ_LOG)
+				goto disagree;
+			r->op.ix = ans[0].debit_ix;
 		} else {
 			snprintf(rp->err, sizeof(rp->err),
 				 "epoch %llu: unknown record type %u (len %u)",
@@ -1386,7 +2014,7 @@ replay_epoch(void *arg, const struct store_wal_epoch *ep)
 			 "chain", (unsigned long long)ep->epoch);
 		return -DOVE_ECORRUPT;
 	}
-	run_epoch(k, first, ep->count, ep->epoch, ep->first_lsn);
+	run_epoch(k, first, ep->count, ep->epoch, ep->first_lsn, ep->time_ns);
 	k->rec_head = k->rec_staged = k->rec_tail;
 	rp->epochs++;
 	return 0;
@@ -1443,6 +2071,39 @@ listen_tcp(const char *addr)
 	return fd;
 }
 
+/* Peak, the hot set and the open buffers from a snapshot's extra
+ * section. 0, -EINVAL (malformed) or what a restore said. */
+static int
+restore_hot(struct core *k, const void *data, uint64_t len)
+{
+	struct snap_hot_head h;
+	if (len < sizeof(h))
+		return -EINVAL;
+	memcpy(&h, data, sizeof(h));
+	if (h.magic != SNAP_HOT_MAGIC || h.peak > 1 ||
+	    len != sizeof(h) + (uint64_t)h.nhot * sizeof(struct snap_hot) +
+			   (uint64_t)h.nbuf * sizeof(struct settle_buffer))
+		return -EINVAL;
+	settle_seq_restore_peak(k->seq, h.peak != 0);
+	settle_ledger_restore_peak(k->ledger, h.peak != 0);
+	const char *p = (const char *)data + sizeof(h);
+	int rc = 0;
+	for (uint32_t i = 0; rc == 0 && i < h.nhot; i++, p += sizeof(struct snap_hot)) {
+		struct snap_hot e;
+		memcpy(&e, p, sizeof(e));
+		rc = settle_seq_restore_hot(k->seq, e.id, e.reason);
+	}
+	for (uint32_t i = 0; rc == 0 && i < h.nbuf;
+	     i++, p += sizeof(struct settle_buffer)) {
+		struct settle_buffer b;
+		memcpy(&b, p, sizeof(b));
+		/* Indexes are not kept across a restore: look it up. */
+		b.ix = settle_seq_account_ix(k->seq, b.account);
+		rc = settle_ledger_restore_buffer(k->ledger, &b);
+	}
+	return rc;
+}
+
 /* Restore the newest valid snapshot, if any; *from = first epoch to
  * replay. 0, or an error (logged). */
 static int
@@ -1463,7 +2124,9 @@ load_snapshot(struct core *k, const server_config *cfg, uint64_t *from)
 		memcpy(&a, (const char *)snap.account_data + i * sizeof(a),
 		       sizeof(a));
 		uint32_t ix;
-		rc = settle_seq_restore_account(k->seq, a.id, a.flags, &ix);
+		rc = settle_seq_restore_account(
+			k->seq, a.id, a.flags & ~(uint32_t)SETTLE_ACCOUNT_HOT_NOW,
+			&ix);
 		if (rc == 0)
 			rc = settle_ledger_restore(k->ledger, ix, &a);
 		if (rc == 0)
@@ -1474,6 +2137,8 @@ load_snapshot(struct core *k, const server_config *cfg, uint64_t *from)
 		memcpy(&e, (const char *)snap.id_data + i * sizeof(e), sizeof(e));
 		rc = settle_seq_restore_id(k->seq, &e);
 	}
+	if (rc == 0 && snap.extra_bytes > 0)
+		rc = restore_hot(k, snap.extra_data, snap.extra_bytes);
 	if (rc != 0) {
 		DOVE_ERROR("snapshot %s (%llu accounts, %llu ids) does not fit: "
 			   "%s; raise [settle] accounts_max / dedup_window",
@@ -1550,8 +2215,10 @@ server_core_open(struct server *srv, store_wal *wal)
 	k->max_epoch_bytes = (uint32_t)cfg->wal_max_epoch_kb << 10;
 	k->nshards = (uint32_t)cfg->settle_shards;
 	k->max_conns = (uint32_t)cfg->ingress_max_connections;
+	k->hot_max = (uint32_t)cfg->hot_max_accounts;
 	int rc = settle_seq_create((uint32_t)cfg->settle_accounts_max,
-				   (uint32_t)cfg->settle_dedup_window, &k->seq);
+				   (uint32_t)cfg->settle_dedup_window, k->hot_max,
+				   &k->seq);
 	if (rc != 0) {
 		DOVE_ERROR("sequencer: %s", dove_strerror(rc));
 		free(k);
@@ -1559,8 +2226,10 @@ server_core_open(struct server *srv, store_wal *wal)
 	}
 	uint32_t n = k->nshards;
 	k->shard_accounts = xcalloc(n, sizeof(uint32_t));
-	rc = settle_ledger_create((uint32_t)cfg->settle_accounts_max,
-				  &k->ledger);
+	rc = settle_ledger_create((uint32_t)cfg->settle_accounts_max, n,
+				  k->hot_max, &k->ledger);
+	if (rc == 0)
+		rc = settle_sketch_create(&k->sketch);
 	if (rc != 0) {
 		DOVE_ERROR("ledger: %s", dove_strerror(rc));
 		return rc;
@@ -1581,6 +2250,14 @@ server_core_open(struct server *srv, store_wal *wal)
 		k->sinks[s] = (struct sink_ctx){ k, s };
 	}
 	k->results = xcalloc(CORE_RECS, 1);
+	k->posts = xcalloc(CORE_RECS, sizeof(struct settle_post));
+	k->batches = xcalloc(n, sizeof(*k->batches));
+	k->nbatches = xcalloc(n, sizeof(uint32_t));
+	for (uint32_t s = 0; s < n; s++)
+		k->batches[s] = xcalloc(k->hot_max, sizeof(struct settle_batch));
+	k->journal = journal_create((uint32_t)cfg->hot_history);
+	k->peak_override = -1;
+	settle_seq_set_merge_max(k->seq, (uint64_t)cfg->hot_merge_max);
 	k->recs = xcalloc(CORE_RECS, sizeof(struct rec));
 	k->wal_recs = xcalloc(CORE_RECS, sizeof(struct store_wal_record));
 	k->flights = xcalloc(CORE_RECS, sizeof(struct flight));
@@ -1623,7 +2300,10 @@ server_core_open(struct server *srv, store_wal *wal)
 					  TFD_NONBLOCK | TFD_CLOEXEC);
 	DOVE_ASSERT(k->snap_timer.fd >= 0);
 	k->snap_timer.fn = on_snap_timer;
-	struct itimerspec tick = { { 1, 0 }, { 1, 0 } };
+	/* 10 Hz: peak transitions, hot-set changes and timed merges are
+	 * decided here (merge_ms is at least 10 ms; finer than the tick
+	 * means every tick). */
+	struct itimerspec tick = { { 0, 100000000 }, { 0, 100000000 } };
 	timerfd_settime(k->snap_timer.fd, 0, &tick, NULL);
 	server_loop_add(&srv->loop, &k->snap_timer, EPOLLIN);
 	k->snap_last_ns = core_now_ns();
@@ -1721,7 +2401,13 @@ server_core_close(struct server *srv)
 		free(k->shard_ops[s]);
 		free(k->shard_where[s]);
 		free(k->op_results[s]);
+		free(k->batches[s]);
 	}
+	free(k->batches);
+	free(k->nbatches);
+	free(k->posts);
+	journal_destroy(k->journal);
+	settle_sketch_destroy(k->sketch);
 	for (uint32_t i = 0; i < k->nshards * k->nshards; i++)
 		free(k->legs[i]);
 	settle_ledger_destroy(k->ledger);

@@ -28,6 +28,8 @@ enum server_config_type {
 	SERVER_CFG_PATH, /* resolved against the config file's directory */
 	SERVER_CFG_ADDR, /* IPv4 "host:port", or empty (EMPTY_OK) */
 	SERVER_CFG_CPUS, /* "0,1,3": CPU numbers, or empty */
+	SERVER_CFG_WINDOWS, /* "11:00-13:30,22:00-02:00": local times, or empty */
+	SERVER_CFG_IDS,     /* "1,2,3": account ids, or empty */
 };
 
 /* Flags of a key. */
@@ -79,6 +81,19 @@ typedef struct server_config {
 	int64_t settle_accounts_max;
 	int64_t settle_dedup_window;
 
+	/* [peak] */
+	int64_t peak_mode; /* 0 schedule, 1 always, 2 never */
+	char *peak_windows;
+
+	/* [hot] */
+	char *hot_accounts;
+	int64_t hot_auto_threshold; /* postings/s; 0 = off */
+	int64_t hot_auto_window_s;
+	int64_t hot_merge_ms;
+	int64_t hot_merge_max;
+	int64_t hot_max_accounts;
+	int64_t hot_history;
+
 	/* [snapshot] */
 	char *snapshot_dir;
 	int64_t snapshot_every_s;
@@ -96,6 +111,21 @@ typedef struct server_config {
 	uint32_t restart_required_count;
 	uint16_t restart_required[SERVER_CONFIG_KEYS_MAX];
 } server_config;
+
+/* Peak windows: minutes of the day, [from, to); to < from crosses
+ * midnight. */
+#define SERVER_PEAK_WINDOWS_MAX 16
+struct server_peak_window {
+	uint16_t from, to;
+};
+
+/* Parse "HH:MM-HH:MM,..." (empty: none). Returns how many (0 ..
+ * SERVER_PEAK_WINDOWS_MAX), or -1 when s is not that. */
+int server_peak_windows_parse(const char *s, struct server_peak_window *w);
+
+/* Is minute-of-day m (0..1439) inside one of the n windows? */
+bool server_peak_windows_contain(const struct server_peak_window *w, int n,
+				 int m);
 
 size_t
 server_config_key_count(void);

@@ -108,6 +108,12 @@ void server_core_stats_json(struct json_buf *j);
 /* Check the ledger invariants; {"ok": bool, ...}. A walk: not cheap. */
 void server_core_verify_json(struct json_buf *j);
 
+/* Admin commands for peak and the hot set: each writes its JSON reply. */
+void server_core_peak_json(const char *arg, struct json_buf *j);
+void server_core_hot_json(const char *arg, struct json_buf *j);
+void server_core_merge_json(const char *arg, struct json_buf *j);
+void server_core_history_json(const char *arg, struct json_buf *j);
+
 /* ---- pid file --------------------------------------------------------- */
 
 /*
@@ -123,6 +129,21 @@ void server_pidfile_close(const char *path, int fd);
 /* ---- line protocol ------------------------------------------------------ */
 
 #include "settle.h"
+
+/* ---- recent journal (journal.c) ------------------------------------------- */
+
+struct journal;
+struct journal *journal_create(uint32_t entries);
+void journal_destroy(struct journal *jn);
+/* An executed transfer (p: its balances, when r is OK). */
+void journal_transfer(struct journal *jn, const struct settle_transfer *t,
+		      enum settle_result r, uint64_t epoch, uint64_t lsn,
+		      uint64_t time_ns, const struct settle_post *p);
+void journal_batch(struct journal *jn, const struct settle_batch *b,
+		   uint64_t epoch, uint64_t time_ns);
+/* The newest `limit` entries that concern account, newest first. */
+void journal_history_json(const struct journal *jn, uint64_t account,
+			  uint32_t limit, struct json_buf *j);
 
 enum proto_verb {
 	PROTO_BAD = 0, /* unparsable: reply ERR - bad_request */

@@ -36,6 +36,8 @@ size_t
 settle_account_flags_format(uint32_t flags, char *buf, size_t size)
 {
 	DOVE_ASSERT(size >= 16);
+	/* The flags an account was created with; hot-now is the ledger's. */
+	flags &= ~(uint32_t)SETTLE_ACCOUNT_HOT_NOW;
 	DOVE_ASSERT((flags & ~(uint32_t)SETTLE_ACCOUNT_FLAGS_ALL) == 0);
 	size_t len = 0;
 	buf[0] = '\0';

@@ -119,9 +119,7 @@ settle_index_remove(struct settle_index *x, uint64_t key, uint32_t pos)
 	for (uint64_t i = next_slot(x, hole); x->slot[i] != 0;
 	     i = next_slot(x, i)) {
 		uint64_t home = home_of(x, (uint32_t)(x->slot[i] >> 32));
-		bool stays = hole <= i ? (home > hole && home <= i)
-				       : (home > hole || home <= i);
-		if (stays)
+		if (!settle_shift_back(hole, home, i))
 			continue;
 		x->slot[hole] = x->slot[i];
 		hole = i;

@@ -26,7 +26,17 @@
 struct dir_ent {
 	uint64_t id;
 	uint32_t flags;
-	uint32_t next; /* hole: the next hole's index + 1, 0: none */
+	uint32_t next; /* hole: the next hole's index + 1, 0: none;
+			  account: its hot entry + 1, 0: not hot */
+};
+
+/* The hot set, dense (removal moves the last entry into the hole). */
+struct hot_ent {
+	uint64_t id;
+	uint32_t ix;
+	uint32_t reason; /* settle_hot_reason */
+	uint64_t since;  /* credits logged to it during peak since its last
+			    merge (for merge_max) */
 };
 
 /* The dedup window, a FIFO ring in logging order; the index points into
@@ -44,6 +54,11 @@ struct settle_seq {
 	struct settle_index ids;
 	struct id_ent *fifo;
 	uint32_t fifo_cap, fifo_head, fifo_len;
+	struct hot_ent *hot;
+	uint32_t hot_cap, hot_len;
+	uint64_t merge_max;
+	uint64_t since_all; /* buffered credits logged since a merge of all */
+	bool peak;
 };
 
 static uint32_t
@@ -65,19 +80,23 @@ id_find(const settle_seq *q, uint64_t id)
 
 int
 settle_seq_create(uint32_t accounts_max, uint32_t dedup_window,
-		  settle_seq **out)
+		  uint32_t hot_max, settle_seq **out)
 {
-	if (accounts_max == 0 || dedup_window == 0 ||
-	    accounts_max > (1u << 30) || dedup_window > (1u << 30))
+	if (accounts_max == 0 || dedup_window == 0 || hot_max == 0 ||
+	    accounts_max > (1u << 30) || dedup_window > (1u << 30) ||
+	    hot_max > (1u << 20))
 		return -EINVAL;
 	settle_seq *q = calloc(1, sizeof(*q));
 	if (q == NULL)
 		return -ENOMEM;
+	q->hot = calloc(hot_max, sizeof(*q->hot));
+	q->hot_cap = hot_max;
+	q->merge_max = UINT64_MAX;
 	q->dir_cap = accounts_max;
 	q->fifo_cap = dedup_window;
 	q->dir = settle_map((size_t)accounts_max * sizeof(*q->dir));
 	q->fifo = settle_map((size_t)dedup_window * sizeof(*q->fifo));
-	if (q->dir == NULL || q->fifo == NULL ||
+	if (q->dir == NULL || q->fifo == NULL || q->hot == NULL ||
 	    settle_index_init(&q->accounts, accounts_max) != 0 ||
 	    settle_index_init(&q->ids, dedup_window) != 0) {
 		settle_seq_destroy(q);
@@ -96,6 +115,7 @@ settle_seq_destroy(settle_seq *q)
 	settle_index_free(&q->ids);
 	settle_unmap(q->dir, (size_t)q->dir_cap * sizeof(*q->dir));
 	settle_unmap(q->fifo, (size_t)q->fifo_cap * sizeof(*q->fifo));
+	free(q->hot);
 	free(q);
 }
 
@@ -152,6 +172,7 @@ refuse(struct settle_seq_answer *ans, enum settle_result r)
 	ans->verdict = SETTLE_SEQ_REFUSED;
 	ans->result = r;
 	ans->epoch = 0;
+	ans->merge_due = 0;
 	ans->debit_ix = ans->credit_ix = SETTLE_INDEX_NONE;
 }
 
@@ -171,6 +192,25 @@ dir_add(settle_seq *q, uint64_t id, uint32_t flags)
 	return ix;
 }
 
+static void
+hot_add(settle_seq *q, uint32_t ix, uint32_t reason)
+{
+	DOVE_ASSERT(q->hot_len < q->hot_cap && q->dir[ix].next == 0);
+	q->hot[q->hot_len] = (struct hot_ent){ q->dir[ix].id, ix, reason, 0 };
+	q->dir[ix].next = ++q->hot_len;
+}
+
+static void
+hot_del(settle_seq *q, uint32_t ix)
+{
+	uint32_t p = q->dir[ix].next - 1;
+	DOVE_ASSERT(q->dir[ix].next != 0 && q->hot[p].ix == ix);
+	q->dir[ix].next = 0;
+	q->hot[p] = q->hot[--q->hot_len];
+	if (p < q->hot_len)
+		q->dir[q->hot[p].ix].next = p + 1;
+}
+
 void
 settle_seq_account(settle_seq *q, const struct settle_account_rec *a,
 		   struct settle_seq_answer *ans)
@@ -180,13 +220,17 @@ settle_seq_account(settle_seq *q, const struct settle_account_rec *a,
 		return refuse(ans, SETTLE_BAD_REQUEST);
 	if (dir_find(q, a->id) != SETTLE_INDEX_NONE)
 		return refuse(ans, SETTLE_ACCOUNT_EXISTS);
-	if (q->accounts.count == q->dir_cap)
+	bool hot = (a->flags & SETTLE_ACCOUNT_HOT) != 0;
+	if (q->accounts.count == q->dir_cap || (hot && q->hot_len == q->hot_cap))
 		return refuse(ans, SETTLE_OVERLOADED);
 	ans->verdict = SETTLE_SEQ_LOG;
 	ans->result = SETTLE_OK;
 	ans->epoch = 0;
+	ans->merge_due = 0;
 	ans->debit_ix = dir_add(q, a->id, a->flags);
 	ans->credit_ix = SETTLE_INDEX_NONE;
+	if (hot)
+		hot_add(q, ans->debit_ix, SETTLE_HOT_FLAG);
 }
 
 void
@@ -195,6 +239,8 @@ settle_seq_unlog_account(settle_seq *q, uint64_t id)
 	uint32_t ix = dir_find(q, id);
 	if (ix == SETTLE_INDEX_NONE)
 		return;
+	if (q->dir[ix].next != 0)
+		hot_del(q, ix);
 	settle_index_remove(&q->accounts, id, ix);
 	q->dir[ix] = (struct dir_ent){ 0, 0, q->holes };
 	q->holes = ix + 1;
@@ -309,6 +355,7 @@ settle_seq_chain(settle_seq *q, const struct settle_transfer *t, uint32_t n,
 			ans[i].result = r == PENDING ? SETTLE_OK
 						     : (enum settle_result)r;
 			ans[i].epoch = e->b >> 8;
+			ans[i].merge_due = 0;
 			ans[i].debit_ix = ans[i].credit_ix = SETTLE_INDEX_NONE;
 		}
 		return;
@@ -357,6 +404,18 @@ settle_seq_chain(settle_seq *q, const struct settle_transfer *t, uint32_t n,
 		ans[i].verdict = SETTLE_SEQ_LOG;
 		ans[i].result = SETTLE_OK;
 		ans[i].epoch = 0;
+		ans[i].merge_due = 0;
+		/* merge_max counts credits logged to a hot account during
+		 * peak (some may still fail on funds: a merge can come a
+		 * little early, never late). */
+		uint32_t h = q->dir[ans[i].credit_ix].next;
+		if (q->peak && h != 0) {
+			q->since_all++;
+			if (++q->hot[h - 1].since >= q->merge_max) {
+				q->hot[h - 1].since = 0;
+				ans[i].merge_due = 1;
+			}
+		}
 	}
 	DOVE_ASSERT(q->ids.count <= q->fifo_len && q->fifo_len <= q->fifo_cap);
 }
@@ -417,9 +476,12 @@ settle_seq_restore_account(settle_seq *q, uint64_t id, uint32_t flags,
 		return -EINVAL;
 	if (dir_find(q, id) != SETTLE_INDEX_NONE)
 		return -EINVAL;
-	if (q->accounts.count == q->dir_cap)
+	bool hot = (flags & SETTLE_ACCOUNT_HOT) != 0;
+	if (q->accounts.count == q->dir_cap || (hot && q->hot_len == q->hot_cap))
 		return -ENOSPC;
 	*ix = dir_add(q, id, flags);
+	if (hot)
+		hot_add(q, *ix, SETTLE_HOT_FLAG);
 	return 0;
 }
 
@@ -433,5 +495,152 @@ settle_seq_restore_id(settle_seq *q, const struct settle_seq_id *e)
 	if (q->fifo_len == q->fifo_cap)
 		return -ENOSPC;
 	fifo_push(q, e->id, e->fingerprint, e->epoch_result);
+	return 0;
+}
+
+/* ---- peak and the hot set ------------------------------------------------- */
+
+void
+settle_seq_set_merge_max(settle_seq *q, uint64_t merge_max)
+{
+	q->merge_max = merge_max ? merge_max : 1;
+}
+
+bool
+settle_seq_peak(const settle_seq *q)
+{
+	return q->peak;
+}
+
+uint64_t
+settle_seq_buffered_since_merge(const settle_seq *q)
+{
+	return q->since_all;
+}
+
+bool
+settle_seq_hot(const settle_seq *q, uint64_t id, uint32_t *reason)
+{
+	uint32_t ix = dir_find(q, id);
+	if (ix == SETTLE_INDEX_NONE || q->dir[ix].next == 0)
+		return false;
+	if (reason)
+		*reason = q->hot[q->dir[ix].next - 1].reason;
+	return true;
+}
+
+uint32_t
+settle_seq_hot_count(const settle_seq *q)
+{
+	return q->hot_len;
+}
+
+void
+settle_seq_foreach_hot(const settle_seq *q,
+		       void (*fn)(void *arg, uint64_t id, uint32_t reason),
+		       void *arg)
+{
+	for (uint32_t i = 0; i < q->hot_len; i++)
+		fn(arg, q->hot[i].id, q->hot[i].reason);
+}
+
+static void
+logged(struct settle_seq_answer *ans, uint32_t ix)
+{
+	ans->verdict = SETTLE_SEQ_LOG;
+	ans->result = SETTLE_OK;
+	ans->epoch = 0;
+	ans->merge_due = 0;
+	ans->debit_ix = ix;
+	ans->credit_ix = SETTLE_INDEX_NONE;
+}
+
+void
+settle_seq_control(settle_seq *q, uint16_t type, const struct settle_ctl_rec *c,
+		   struct settle_seq_answer *ans)
+{
+	uint32_t ix = c->account ? dir_find(q, c->account) : SETTLE_INDEX_NONE;
+	bool hot = ix != SETTLE_INDEX_NONE && q->dir[ix].next != 0;
+	switch (type) {
+	case SETTLE_REC_PEAK:
+		if (c->on > 1 || (c->on != 0) == q->peak || c->account != 0)
+			return refuse(ans, SETTLE_BAD_REQUEST);
+		q->peak = c->on != 0;
+		if (!q->peak) /* the end of peak merges everything */
+			for (uint32_t i = 0; i < q->hot_len; i++)
+				q->hot[i].since = 0;
+		q->since_all = 0;
+		return logged(ans, SETTLE_INDEX_NONE);
+	case SETTLE_REC_HOT:
+		if (c->on > 1 || c->reason >= SETTLE_HOT_REASONS ||
+		    c->reason == SETTLE_HOT_FLAG)
+			return refuse(ans, SETTLE_BAD_REQUEST);
+		if (ix == SETTLE_INDEX_NONE)
+			return refuse(ans, SETTLE_NO_SUCH_ACCOUNT);
+		if (c->on) {
+			if (hot)
+				return refuse(ans, SETTLE_ACCOUNT_EXISTS);
+			if (q->hot_len == q->hot_cap)
+				return refuse(ans, SETTLE_OVERLOADED);
+			hot_add(q, ix, c->reason);
+		} else {
+			if (!hot)
+				return refuse(ans, SETTLE_NO_SUCH_ACCOUNT);
+			/* Hot by its flag is hot for ever. */
+			if (q->hot[q->dir[ix].next - 1].reason == SETTLE_HOT_FLAG)
+				return refuse(ans, SETTLE_BAD_REQUEST);
+			hot_del(q, ix);
+		}
+		return logged(ans, ix);
+	case SETTLE_REC_MERGE:
+		if (c->reason >= SETTLE_MERGE_REASONS || c->on != 0)
+			return refuse(ans, SETTLE_BAD_REQUEST);
+		if (c->account == 0) {
+			for (uint32_t i = 0; i < q->hot_len; i++)
+				q->hot[i].since = 0;
+			q->since_all = 0;
+			return logged(ans, SETTLE_INDEX_NONE);
+		}
+		if (!hot)
+			return refuse(ans, SETTLE_NO_SUCH_ACCOUNT);
+		q->hot[q->dir[ix].next - 1].since = 0;
+		return logged(ans, ix);
+	default:
+		return refuse(ans, SETTLE_BAD_REQUEST);
+	}
+}
+
+void
+settle_seq_unlog_control(settle_seq *q, uint16_t type,
+			 const struct settle_ctl_rec *c)
+{
+	uint32_t ix = c->account ? dir_find(q, c->account) : SETTLE_INDEX_NONE;
+	if (type == SETTLE_REC_PEAK) {
+		q->peak = c->on == 0;
+	} else if (type == SETTLE_REC_HOT && ix != SETTLE_INDEX_NONE) {
+		if (c->on && q->dir[ix].next != 0)
+			hot_del(q, ix);
+		else if (!c->on && q->dir[ix].next == 0 &&
+			 q->hot_len < q->hot_cap)
+			hot_add(q, ix, c->reason);
+	}
+}
+
+void
+settle_seq_restore_peak(settle_seq *q, bool on)
+{
+	q->peak = on;
+}
+
+int
+settle_seq_restore_hot(settle_seq *q, uint64_t id, uint32_t reason)
+{
+	uint32_t ix = dir_find(q, id);
+	if (ix == SETTLE_INDEX_NONE || reason >= SETTLE_HOT_REASONS ||
+	    q->dir[ix].next != 0)
+		return -EINVAL;
+	if (q->hot_len == q->hot_cap)
+		return -ENOSPC;
+	hot_add(q, ix, reason);
 	return 0;
 }

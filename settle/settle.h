@@ -18,6 +18,9 @@ enum settle_account_flag {
 	SETTLE_ACCOUNT_HOT = 1u << 1,    /* always settled as hot */
 };
 #define SETTLE_ACCOUNT_FLAGS_ALL (SETTLE_ACCOUNT_NONNEG | SETTLE_ACCOUNT_HOT)
+/* In the ledger only (never in an ACCOUNT record): hot right now, by its
+ * flag or by a HOT record. Snapshots keep it with the account. */
+#define SETTLE_ACCOUNT_HOT_NOW (1u << 16)
 
 /*
  * Parse one flag word ("nonneg", "hot") into *flag. Returns true when the
@@ -69,10 +72,50 @@ settle_result_name(enum settle_result r);
 #define SETTLE_CHAIN_MAX 64
 #define SETTLE_AMOUNT_MAX ((uint64_t)INT64_MAX) /* MariaDB BIGINT */
 
-/* WAL record types owned by the ledger. */
+/* WAL record types owned by the ledger. PEAK, HOT and MERGE are the
+ * control records the sequencer writes on its own (DESIGN.md,
+ * "Differentiated settlement"). */
 enum settle_rec_type {
 	SETTLE_REC_ACCOUNT = 1,
 	SETTLE_REC_TRANSFER = 2,
+	SETTLE_REC_PEAK = 3,
+	SETTLE_REC_HOT = 4,
+	SETTLE_REC_MERGE = 5,
+};
+
+/* Why an account is hot (HOT records, admin `hot`); the lowest wins when
+ * several apply. */
+enum settle_hot_reason {
+	SETTLE_HOT_FLAG = 0,   /* created `hot`: for ever */
+	SETTLE_HOT_CONFIG = 1, /* [hot] accounts */
+	SETTLE_HOT_ADMIN = 2,  /* admin `hot add` */
+	SETTLE_HOT_AUTO = 3,   /* the rate detector */
+	SETTLE_HOT_REASONS
+};
+
+/* Why a buffer was merged (a batch posting names it). */
+enum settle_merge_reason {
+	SETTLE_MERGE_TIMER = 0, /* every [hot] merge_ms during peak */
+	SETTLE_MERGE_MAX = 1,   /* [hot] merge_max credits logged */
+	SETTLE_MERGE_PEAK_END = 2,
+	SETTLE_MERGE_ADMIN = 3,
+	SETTLE_MERGE_HOT_OFF = 4, /* the account stopped being hot */
+	SETTLE_MERGE_DEBIT = 5,   /* a debit needed the buffered credits */
+	SETTLE_MERGE_REASONS
+};
+
+const char *settle_hot_reason_name(unsigned r);
+const char *settle_merge_reason_name(unsigned r);
+
+/*
+ * The WAL payload of PEAK, HOT and MERGE records. Layout pinned.
+ * PEAK: on = 1/0. HOT: account, on = 1/0, reason (settle_hot_reason).
+ * MERGE: account (0: every buffer), reason (settle_merge_reason).
+ */
+struct settle_ctl_rec {
+	uint64_t account;
+	uint32_t on;
+	uint32_t reason;
 };
 
 /* The WAL payload of an ACCOUNT record. Layout pinned (settle/ledger.c). */
@@ -99,10 +142,13 @@ struct settle_op {
 	/* Ledger indexes, from the sequencer's directory: ACCOUNT: the new
 	 * account's (ix); TRANSFER: the debit's (ix) and credit's. */
 	uint32_t ix, credit_ix;
-	uint16_t type; /* settle_rec_type */
+	uint32_t where; /* its index in the epoch: outputs go there */
+	uint16_t type;  /* settle_rec_type */
+	uint16_t pad;
 	union {
 		struct settle_account_rec account;
 		struct settle_transfer transfer;
+		struct settle_ctl_rec ctl;
 	} u;
 };
 
@@ -126,8 +172,32 @@ struct settle_account {
 struct settle_credit {
 	uint64_t account;
 	uint64_t amount;
-	uint32_t ix; /* the account's ledger index */
-	uint32_t pad;
+	uint64_t lsn; /* credits are applied in LSN order at the barrier */
+	uint64_t id;  /* the transfer's */
+	uint32_t ix;  /* the account's ledger index */
+	uint32_t where; /* the transfer's index in the epoch */
+};
+
+typedef __int128 settle_i128;
+
+/* One merge: a hot account's buffered credits moved into credits_posted
+ * as one batch posting. A batch is named by (account, lsn). */
+struct settle_batch {
+	uint64_t account;
+	uint64_t lsn;      /* the record that merged it */
+	uint64_t first_id; /* first and last transfer buffered in it */
+	uint64_t last_id;
+	settle_u128 sum;
+	uint32_t count;
+	uint32_t reason; /* settle_merge_reason */
+};
+
+/* What one transfer did to balances (balance = credits_posted -
+ * debits_posted), for the journal: written by the shards at [where]. */
+struct settle_post {
+	settle_i128 debit_after;
+	settle_i128 credit_after; /* when not buffered */
+	uint8_t credit_buffered;  /* the credit went to credits_buffered */
 };
 
 typedef struct settle_ledger settle_ledger;
@@ -139,9 +209,11 @@ typedef struct settle_ledger settle_ledger;
  * but each writes only the accounts it owns (settle_shard_of), so no
  * line is written by two threads; nobody hashes on the execution path.
  * Untouched pages cost nothing, so memory follows the accounts that
- * exist. Returns 0 or -ENOMEM / -EINVAL.
+ * exist. Each of nshards shards also keeps the open buffers of its hot
+ * accounts (at most hot_max). Returns 0 or -ENOMEM / -EINVAL.
  */
-int settle_ledger_create(uint32_t capacity, settle_ledger **out);
+int settle_ledger_create(uint32_t capacity, uint32_t nshards,
+			 uint32_t hot_max, settle_ledger **out);
 void settle_ledger_destroy(settle_ledger *l);
 
 /* The account at ix, or NULL (empty, out of range). Valid until the next
@@ -153,35 +225,77 @@ const struct settle_account *settle_ledger_at(const settle_ledger *l,
 uint32_t settle_shard_of(uint64_t id, uint32_t nshards);
 
 /*
- * Where the debit phase puts credit legs. The caller routes each to the
- * shard that owns the account (its own ledger or a ring to another shard).
+ * Where a shard's outputs go: credit legs (the caller routes each to the
+ * shard that owns the account), batch postings (merges), and per-transfer
+ * balances for the journal (posts[op.where]; NULL: not wanted).
  */
-struct settle_credit_sink {
-	void (*put)(void *arg, const struct settle_credit *c);
+struct settle_shard_out {
+	void (*credit)(void *arg, const struct settle_credit *c);
+	void (*batch)(void *arg, const struct settle_batch *b);
 	void *arg;
+	struct settle_post *posts;
 };
 
 /*
- * Phase 1 of an epoch on one shard (DESIGN.md "Execution rule"). ops: the
- * epoch's operations this shard owns (ACCOUNT records for its accounts,
- * TRANSFER records whose debit account it owns), in LSN order, chains
- * whole. For each op results[i] receives its result; each accepted
- * transfer's debit is applied at once and its credit leg goes to sink.
- * A debit of a nonneg account is checked against its balance at the end of
- * the previous epoch minus this epoch's debits so far. A linked chain is
- * all or nothing: its first failing transfer gets its reason, every other
- * transfer of the chain SETTLE_LINKED_FAILED, and nothing of it is applied.
+ * Phase 1 of an epoch on shard `shard` (DESIGN.md "Execution rule"). ops:
+ * the epoch's operations this shard must see, in LSN order, chains whole:
+ * ACCOUNT records for its accounts, TRANSFER records whose debit account
+ * it owns, HOT and MERGE records for its accounts, and every PEAK record
+ * and MERGE of all (account 0). For each op results[i] receives its
+ * result; each accepted transfer's debit is applied at once and its
+ * credit leg goes out. A debit of a nonneg account is checked against its
+ * posted balance at the end of the previous epoch minus this epoch's
+ * debits so far; if that is short and the account has buffered credits,
+ * they are merged first (SETTLE_MERGE_DEBIT) and it is checked again. A
+ * linked chain is all or nothing: its first failing transfer gets its
+ * reason, every other transfer of the chain SETTLE_LINKED_FAILED, and
+ * nothing of it is applied. A merge (MERGE, HOT off, PEAK off) moves the
+ * buffer as it stands at its LSN.
  * The sequencer has already refused everything structural; a violation of
  * that (unknown debit account, an account created twice) is a bug: abort.
  * Pure: no clock, no I/O, no allocation. Returns the number accepted.
  */
-uint32_t settle_ledger_debit_phase(settle_ledger *l, const struct settle_op *ops,
-				   uint32_t n, uint8_t *results,
-				   const struct settle_credit_sink *sink);
+uint32_t settle_ledger_debit_phase(settle_ledger *l, uint32_t shard,
+				   const struct settle_op *ops, uint32_t n,
+				   uint8_t *results,
+				   const struct settle_shard_out *out);
 
-/* Phase 2: apply credit legs for accounts this shard owns (end of epoch). */
-void settle_ledger_apply_credits(settle_ledger *l, const struct settle_credit *c,
-				 uint32_t n);
+/*
+ * Phase 2, at the end of the epoch: the credit legs for shard's accounts,
+ * from every shard (nlists lists, each in LSN order), applied in LSN order.
+ * A credit is buffered when, at the end of its epoch, peak is on and its
+ * account is hot; otherwise it is posted.
+ */
+void settle_ledger_apply_credits(settle_ledger *l, uint32_t shard,
+				 const struct settle_credit *const *lists,
+				 const uint32_t *counts, uint32_t nlists,
+				 const struct settle_shard_out *out);
+
+/* Is peak on, as the shards see it (the end of the last epoch)? */
+bool settle_ledger_peak(const settle_ledger *l);
+
+/* An open buffer: buffered credits not merged yet. */
+struct settle_buffer {
+	uint64_t account;
+	uint32_t ix;
+	uint32_t count;
+	uint64_t first_id, last_id;
+};
+
+/* The open buffer of account ix (its count and first/last ids), if any. */
+bool settle_ledger_buffer(const settle_ledger *l, uint32_t ix,
+			  struct settle_buffer *out);
+/* Every open buffer (order unspecified). */
+void settle_ledger_foreach_buffer(const settle_ledger *l,
+				  void (*fn)(void *arg,
+					     const struct settle_buffer *b),
+				  void *arg);
+
+/* From a snapshot, after the accounts: peak, and each open buffer.
+ * restore_buffer returns 0, -EINVAL (no such account, none buffered, a
+ * second one) or -ENOSPC. */
+void settle_ledger_restore_peak(settle_ledger *l, bool on);
+int settle_ledger_restore_buffer(settle_ledger *l, const struct settle_buffer *b);
 
 /* Walk the accounts at indexes below span (settle_seq_span), in index
  * order; shard >= 0: only those nshards' shard `shard` owns. Returns how
@@ -230,12 +344,15 @@ struct settle_seq_answer {
 	uint64_t epoch;            /* DONE: the epoch it was settled in */
 	/* LOG: ledger indexes for the op (settle_op.ix, .credit_ix). */
 	uint32_t debit_ix, credit_ix;
+	/* LOG, a transfer: its credit account reached [hot] merge_max
+	 * credits since its last merge: log a MERGE of it next. */
+	uint8_t merge_due;
 };
 
 /* Room for accounts_max accounts and dedup_window transfer ids. Returns 0,
  * -EINVAL or -ENOMEM. */
 int settle_seq_create(uint32_t accounts_max, uint32_t dedup_window,
-		      settle_seq **out);
+		      uint32_t hot_max, settle_seq **out);
 void settle_seq_destroy(settle_seq *q);
 
 /* ACCOUNT: LOG (directory updated: it exists from this request on),
@@ -286,6 +403,65 @@ uint32_t settle_seq_remembered(const settle_seq *q);
 /* Bytes preallocated for the directory and for the id window (the memory
  * targets are per account and per remembered id). Returns the sum. */
 size_t settle_seq_bytes(const settle_seq *q, size_t *accounts, size_t *ids);
+
+/* ---- peak and the hot set (DESIGN.md "Differentiated settlement") ------- */
+
+/* Credits logged to one hot account during peak before a MERGE of it is
+ * due (settle_seq_answer.merge_due). Live: takes effect at once. */
+void settle_seq_set_merge_max(settle_seq *q, uint64_t merge_max);
+
+/*
+ * A control record the server wants to log (PEAK, HOT, MERGE; c as the
+ * WAL holds it). LOG (the sequencer's state changed with it: peak on/off,
+ * hot set) or REFUSED: bad_request (malformed, PEAK to the state it is
+ * in, HOT off of an account hot by its flag), no_such_account (HOT or
+ * MERGE of an unknown account; HOT off / MERGE of one not hot),
+ * account_exists (HOT on of a hot one), overloaded (hot set full).
+ * debit_ix: the account's index for HOT/MERGE of one account.
+ */
+void settle_seq_control(settle_seq *q, uint16_t type,
+			const struct settle_ctl_rec *c,
+			struct settle_seq_answer *ans);
+/* The WAL did not take it: undo its effect on peak / the hot set. */
+void settle_seq_unlog_control(settle_seq *q, uint16_t type,
+			      const struct settle_ctl_rec *c);
+
+bool settle_seq_peak(const settle_seq *q);
+/* Is id hot (reason out, may be NULL)? */
+bool settle_seq_hot(const settle_seq *q, uint64_t id, uint32_t *reason);
+uint32_t settle_seq_hot_count(const settle_seq *q);
+void settle_seq_foreach_hot(const settle_seq *q,
+			    void (*fn)(void *arg, uint64_t id, uint32_t reason),
+			    void *arg);
+/* Credits logged to hot accounts in peak since the last merge of all:
+ * 0 means a timed merge would move nothing. */
+uint64_t settle_seq_buffered_since_merge(const settle_seq *q);
+
+void settle_seq_restore_peak(settle_seq *q, bool on);
+/* After the accounts: 0, -EINVAL (unknown, already hot, bad reason) or
+ * -ENOSPC. */
+int settle_seq_restore_hot(settle_seq *q, uint64_t id, uint32_t reason);
+
+/*
+ * The automatic detector's counts (settle/sketch.c): postings per account
+ * in the current window, in fixed memory (about 260 KiB) whatever the
+ * number of accounts. Not part of the ledger: it is not logged or
+ * snapshotted; what it finds becomes HOT records.
+ */
+typedef struct settle_sketch settle_sketch;
+
+int settle_sketch_create(settle_sketch **out);
+void settle_sketch_destroy(settle_sketch *s);
+size_t settle_sketch_bytes(const settle_sketch *s);
+/* A new window: forget every count; an account becomes heavy when its
+ * count reaches level (threshold x window seconds). */
+void settle_sketch_reset(settle_sketch *s, uint32_t level);
+/* One posting to id; returns its estimated count this window. */
+uint32_t settle_sketch_add(settle_sketch *s, uint64_t id);
+uint32_t settle_sketch_estimate(const settle_sketch *s, uint64_t id);
+/* The accounts that reached the level this window (at most max). */
+uint32_t settle_sketch_heavy(const settle_sketch *s, uint64_t *ids,
+			     uint32_t max);
 
 /* ---- snapshots of the sequencer and the ledger ---------------------------- */
 

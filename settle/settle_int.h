@@ -21,6 +21,17 @@ settle_mix64(uint64_t x)
 	return x;
 }
 
+/* Backward-shift deletion with linear probing: may the entry at slot i,
+ * whose home slot is home, move back into the hole? Not when home lies
+ * cyclically in (hole, i]: a probe from home already reaches it there. */
+static inline int
+settle_shift_back(uint64_t hole, uint64_t home, uint64_t i)
+{
+	int stays = hole <= i ? (home > hole && home <= i)
+			      : (home > hole || home <= i);
+	return !stays;
+}
+
 /*
  * A compact hash index: key -> position in a dense array the caller owns
  * (the sequencer's account directory, its FIFO of remembered ids). Each

@@ -38,8 +38,12 @@ struct snap_header {
 	uint64_t created_ns;
 	uint32_t account_bytes; /* sizeof(struct settle_account) */
 	uint32_t id_bytes;      /* sizeof(struct settle_seq_id) */
+	/* Version 2 on (version 1 ends above, 64 bytes): */
+	uint64_t extra_bytes; /* the caller's section after the ids */
+	uint64_t reserved;    /* 0 */
 };
-_Static_assert(sizeof(struct snap_header) == 64, "snapshot header");
+_Static_assert(sizeof(struct snap_header) == 80, "snapshot header");
+#define SNAP_V1_HEADER 64u
 
 struct snap_trailer {
 	uint32_t crc; /* CRC-32C of the body, continued over the header */
@@ -155,12 +159,15 @@ store_snap_put(store_snap_writer *w, const void *data, size_t len)
 }
 
 int
-store_snap_commit(store_snap_writer *w, uint64_t accounts, uint64_t ids)
+store_snap_commit(store_snap_writer *w, uint64_t accounts, uint64_t ids,
+		  uint64_t extra_bytes)
 {
 	DOVE_ASSERT(w->body_bytes == accounts * sizeof(struct settle_account) +
-					     ids * sizeof(struct settle_seq_id));
+					     ids * sizeof(struct settle_seq_id) +
+					     extra_bytes);
 	w->h.accounts = accounts;
 	w->h.ids = ids;
+	w->h.extra_bytes = extra_bytes;
 	int rc = flush(w);
 	/* Body first, then the header (as the WAL does): the body's CRC ran
 	 * as it was written, and the counts are known only now. */
@@ -233,31 +240,37 @@ static const char *
 snap_check(const unsigned char *p, size_t n, uint64_t epoch,
 	   struct snap_header *h)
 {
-	if (n < sizeof(*h) + sizeof(struct snap_trailer))
+	if (n < SNAP_V1_HEADER + sizeof(struct snap_trailer))
 		return "shorter than header and trailer";
-	memcpy(h, p, sizeof(*h));
+	memset(h, 0, sizeof(*h));
+	memcpy(h, p, SNAP_V1_HEADER);
 	if (h->magic != SNAP_MAGIC)
 		return "bad magic";
-	if (h->version != STORE_SNAP_VERSION || h->header_bytes != sizeof(*h) ||
+	/* Version 1 (before hot accounts) has no extra section. */
+	size_t hb = h->version == 1 ? SNAP_V1_HEADER : sizeof(*h);
+	if ((h->version != 1 && h->version != STORE_SNAP_VERSION) ||
+	    h->header_bytes != hb ||
 	    h->account_bytes != sizeof(struct settle_account) ||
 	    h->id_bytes != sizeof(struct settle_seq_id))
 		return "another format version";
+	if (n < hb + sizeof(struct snap_trailer))
+		return "shorter than header and trailer";
+	memcpy(h, p, hb);
 	if (h->epoch != epoch)
 		return "epoch differs from the file name";
 	if (h->accounts > n / sizeof(struct settle_account) ||
-	    h->ids > n / sizeof(struct settle_seq_id) ||
-	    sizeof(*h) + h->accounts * sizeof(struct settle_account) +
+	    h->ids > n / sizeof(struct settle_seq_id) || h->extra_bytes > n ||
+	    hb + h->accounts * sizeof(struct settle_account) +
 			    h->ids * sizeof(struct settle_seq_id) +
-			    sizeof(struct snap_trailer) !=
+			    h->extra_bytes + sizeof(struct snap_trailer) !=
 		    n)
 		return "size does not match its counts (torn?)";
 	struct snap_trailer t;
 	memcpy(&t, p + n - sizeof(t), sizeof(t));
 	if (t.magic != SNAP_TRAILER_MAGIC)
 		return "bad trailer";
-	uint32_t crc = store_crc32c(0, p + sizeof(*h),
-				    n - sizeof(*h) - sizeof(t));
-	if (store_crc32c(crc, h, sizeof(*h)) != t.crc)
+	uint32_t crc = store_crc32c(0, p + hb, n - hb - sizeof(t));
+	if (store_crc32c(crc, p, hb) != t.crc)
 		return "checksum mismatch";
 	return NULL;
 }
@@ -300,9 +313,13 @@ store_snap_load_newest(const char *dir, struct store_snap *out)
 		out->next_lsn = h.next_lsn;
 		out->accounts = h.accounts;
 		out->ids = h.ids;
-		out->account_data = (const unsigned char *)p + sizeof(h);
-		out->id_data = (const unsigned char *)p + sizeof(h) +
+		size_t hb = h.version == 1 ? SNAP_V1_HEADER : sizeof(h);
+		out->account_data = (const unsigned char *)p + hb;
+		out->id_data = (const unsigned char *)p + hb +
 			       h.accounts * sizeof(struct settle_account);
+		out->extra_bytes = h.extra_bytes;
+		out->extra_data = (const unsigned char *)out->id_data +
+				  h.ids * sizeof(struct settle_seq_id);
 		snprintf(out->path, sizeof(out->path), "%s", path);
 		out->map = p;
 		out->map_len = (size_t)st.st_size;

@@ -193,9 +193,11 @@ void store_wal_stats_get(store_wal *w, struct store_wal_stats *st);
  * epoch: dir/snap-<epoch, 20 digits>.snap, written to a temporary file,
  * fsynced, renamed, directory fsynced. Byte format: docs/snapshot-format.md.
  * Body: `accounts` struct settle_account records (64 bytes), then `ids`
- * struct settle_seq_id records (24 bytes), oldest first.
+ * struct settle_seq_id records (24 bytes), oldest first, then the
+ * caller's extra section (opaque here: peak and the hot set). Version 1
+ * files (no extra section) still load.
  */
-#define STORE_SNAP_VERSION 1u
+#define STORE_SNAP_VERSION 2u
 
 typedef struct store_snap_writer store_snap_writer;
 
@@ -203,11 +205,13 @@ typedef struct store_snap_writer store_snap_writer;
  * time (it uses a static buffer: safe in a forked child). 0 or -errno. */
 int store_snap_begin(const char *dir, uint64_t epoch, uint64_t next_lsn,
 		     store_snap_writer **out);
-/* Append body bytes (all accounts first, then all ids). 0 or -errno. */
+/* Append body bytes (all accounts, then all ids, then the extra
+ * section). 0 or -errno. */
 int store_snap_put(store_snap_writer *w, const void *data, size_t len);
 /* Finish: counts into the header, checksums, fsync, rename, fsync dir.
  * On failure the temporary file is removed. 0 or -errno. */
-int store_snap_commit(store_snap_writer *w, uint64_t accounts, uint64_t ids);
+int store_snap_commit(store_snap_writer *w, uint64_t accounts, uint64_t ids,
+		      uint64_t extra_bytes);
 /* Give up: remove the temporary file. */
 void store_snap_abort(store_snap_writer *w);
 
@@ -217,6 +221,8 @@ struct store_snap {
 	uint64_t accounts, ids;
 	const void *account_data; /* accounts x 64 bytes */
 	const void *id_data;      /* ids x 24 bytes */
+	const void *extra_data;   /* extra_bytes (0 in version 1 files) */
+	uint64_t extra_bytes;
 	char path[PATH_MAX];
 	void *map;
 	size_t map_len;

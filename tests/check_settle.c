@@ -31,8 +31,13 @@ struct engine {
 	settle_seq *q;
 	uint64_t dir[ENGINE_ACCOUNTS]; /* id at each index */
 	uint32_t span;
-	struct settle_credit legs[MAX_SHARDS][MAX_OPS];
-	uint32_t nlegs[MAX_SHARDS];
+	uint32_t src; /* the shard in its debit phase */
+	struct settle_credit legs[MAX_SHARDS][MAX_SHARDS][MAX_OPS];
+	uint32_t nlegs[MAX_SHARDS][MAX_SHARDS];
+	struct settle_batch batches[MAX_OPS]; /* this epoch's merges */
+	uint32_t nbatches;
+	struct settle_post posts[MAX_OPS];
+	uint32_t merges; /* batches, every epoch so far */
 };
 
 static uint32_t
@@ -65,9 +70,11 @@ engine_index(struct engine *e, struct settle_op *ops, uint32_t n)
 				e->dir[ix] = ops[i].u.account.id;
 			}
 			ops[i].ix = ix;
-		} else {
+		} else if (ops[i].type == SETTLE_REC_TRANSFER) {
 			ops[i].ix = engine_ix(e, ops[i].u.transfer.debit);
 			ops[i].credit_ix = engine_ix(e, ops[i].u.transfer.credit);
+		} else if (ops[i].u.ctl.account != 0) {
+			ops[i].ix = engine_ix(e, ops[i].u.ctl.account);
 		}
 	}
 }
@@ -76,11 +83,28 @@ static void
 route_credit(void *arg, const struct settle_credit *c)
 {
 	struct engine *e = arg;
-	uint32_t s = settle_shard_of(c->account, e->nshards);
+	uint32_t d = settle_shard_of(c->account, e->nshards);
 	/* Not ck_assert: each is a write(2) to Check's parent. */
-	if (e->nlegs[s] >= MAX_OPS)
+	if (e->nlegs[e->src][d] >= MAX_OPS)
 		ck_abort_msg("too many credit legs");
-	e->legs[s][e->nlegs[s]++] = *c;
+	e->legs[e->src][d][e->nlegs[e->src][d]++] = *c;
+}
+
+static void
+collect_batch(void *arg, const struct settle_batch *b)
+{
+	struct engine *e = arg;
+	if (e->nbatches >= MAX_OPS)
+		ck_abort_msg("too many batches");
+	e->batches[e->nbatches++] = *b;
+}
+
+/* Seen by every shard (as server/core.c dispatches them). */
+static bool
+broadcast(const struct settle_op *op)
+{
+	return op->type == SETTLE_REC_PEAK ||
+	       (op->type == SETTLE_REC_MERGE && op->u.ctl.account == 0);
 }
 
 static void
@@ -88,7 +112,8 @@ engine_init(struct engine *e, uint32_t nshards, uint32_t capacity)
 {
 	memset(e, 0, sizeof(*e));
 	e->nshards = nshards;
-	ck_assert_int_eq(settle_ledger_create(capacity, &e->ledger), 0);
+	ck_assert_int_eq(settle_ledger_create(capacity, nshards, 64, &e->ledger),
+			 0);
 }
 
 static void
@@ -107,26 +132,42 @@ engine_epoch(struct engine *e, struct settle_op *ops, uint32_t n,
 	uint32_t count[MAX_SHARDS] = { 0 };
 	engine_index(e, ops, n);
 	for (uint32_t i = 0; i < n; i++) {
-		uint64_t key = ops[i].type == SETTLE_REC_ACCOUNT
-				       ? ops[i].u.account.id
-				       : ops[i].u.transfer.debit;
+		ops[i].where = i;
+		for (uint32_t s = 0; broadcast(&ops[i]) && s < e->nshards; s++) {
+			where[s][count[s]] = i;
+			mine[s][count[s]++] = ops[i];
+		}
+		if (broadcast(&ops[i]))
+			continue;
+		uint64_t key = ops[i].type == SETTLE_REC_ACCOUNT ? ops[i].u.account.id
+			       : ops[i].type == SETTLE_REC_TRANSFER
+				       ? ops[i].u.transfer.debit
+				       : ops[i].u.ctl.account;
 		uint32_t s = settle_shard_of(key, e->nshards);
 		where[s][count[s]] = i;
 		mine[s][count[s]++] = ops[i];
 	}
-	struct settle_credit_sink sink = { route_credit, e };
+	struct settle_shard_out out = { route_credit, collect_batch, e, e->posts };
 	memset(e->nlegs, 0, sizeof(e->nlegs));
+	e->nbatches = 0;
 	for (uint32_t s = 0; s < e->nshards; s++) {
 		uint8_t r[MAX_OPS];
-		settle_ledger_debit_phase(e->ledger, mine[s], count[s], r,
-					  &sink);
+		e->src = s;
+		settle_ledger_debit_phase(e->ledger, s, mine[s], count[s], r,
+					  &out);
 		for (uint32_t k = 0; k < count[s]; k++)
 			results[where[s][k]] = r[k];
 	}
 	/* The epoch barrier: credits land only now. */
 	for (uint32_t s = 0; s < e->nshards; s++) {
-		settle_ledger_apply_credits(e->ledger, e->legs[s],
-					    e->nlegs[s]);
+		const struct settle_credit *lists[MAX_SHARDS];
+		uint32_t counts[MAX_SHARDS];
+		for (uint32_t src = 0; src < e->nshards; src++) {
+			lists[src] = e->legs[src][s];
+			counts[src] = e->nlegs[src][s];
+		}
+		settle_ledger_apply_credits(e->ledger, s, lists, counts,
+					    e->nshards, &out);
 		uint32_t span = e->q ? settle_seq_span(e->q) : e->span;
 		if (!settle_ledger_valid(e->ledger, span, (int)s, e->nshards))
 			ck_abort_msg("shard %u invalid after an epoch", s);
@@ -225,7 +266,8 @@ END_TEST
 START_TEST(capacity_and_lookup)
 {
 	settle_ledger *l;
-	ck_assert_int_eq(settle_ledger_create(0, &l), -EINVAL);
+	ck_assert_int_eq(settle_ledger_create(0, 1, 1, &l), -EINVAL);
+	ck_assert_int_eq(settle_ledger_create(16, 0, 1, &l), -EINVAL);
 	struct engine e;
 	engine_init(&e, 2, 1000);
 	static struct settle_op ops[1000];
@@ -270,6 +312,147 @@ START_TEST(creating_an_existing_account_aborts)
 	struct settle_op ops[] = { mkacct(1, 5, 0), mkacct(2, 5, 0) };
 	uint8_t r[2];
 	engine_epoch(&e, ops, 2, r);
+}
+END_TEST
+
+static struct settle_op
+ctl(uint64_t lsn, uint16_t type, uint64_t account, uint32_t on, uint32_t reason)
+{
+	struct settle_op o = { .lsn = lsn, .type = type };
+	o.u.ctl = (struct settle_ctl_rec){ account, on, reason };
+	return o;
+}
+
+/* Issue 6: a debit from a hot account short on posted balance but
+ * covered by buffered credits succeeds after a forced merge; one that is
+ * not covered is refused insufficient_funds. 2 shards, so the credits
+ * cross shards. */
+START_TEST(hot_debit_merges_first)
+{
+	struct engine e;
+	engine_init(&e, 2, 16);
+	uint8_t r[8];
+	/* 2: hot and nonneg (a merchant); 1: system; 3: nonneg. */
+	struct settle_op e1[] = { mkacct(1, 1, 0),
+				  mkacct(2, 2, SETTLE_ACCOUNT_NONNEG | SETTLE_ACCOUNT_HOT),
+				  mkacct(3, 3, SETTLE_ACCOUNT_NONNEG),
+				  ctl(4, SETTLE_REC_PEAK, 0, 1, 0),
+				  xfer(5, 10, 1, 2, 400, false),
+				  xfer(6, 11, 1, 2, 200, false) };
+	engine_epoch(&e, e1, 6, r);
+	const struct settle_account *a = engine_find(&e, 2);
+	/* Peak, hot: both credits buffered, nothing posted. */
+	ck_assert(a->credits_posted == 0 && a->credits_buffered == 600);
+	ck_assert_uint_eq(e.posts[4].credit_buffered, 1);
+	ck_assert_uint_eq(e.nbatches, 0);
+	/* 500 > posted 0, <= posted + buffered: merged, then accepted. */
+	struct settle_op e2[] = { xfer(7, 12, 2, 3, 500, false) };
+	engine_epoch(&e, e2, 1, r);
+	ck_assert_uint_eq(r[0], SETTLE_OK);
+	ck_assert_uint_eq(e.nbatches, 1);
+	ck_assert_uint_eq(e.batches[0].account, 2);
+	ck_assert_uint_eq(e.batches[0].reason, SETTLE_MERGE_DEBIT);
+	ck_assert_uint_eq(e.batches[0].count, 2);
+	ck_assert(e.batches[0].sum == 600);
+	ck_assert_uint_eq(e.batches[0].first_id, 10);
+	ck_assert_uint_eq(e.batches[0].last_id, 11);
+	ck_assert_uint_eq(e.batches[0].lsn, 7);
+	a = engine_find(&e, 2);
+	ck_assert(a->credits_posted == 600 && a->debits_posted == 500 &&
+		  a->credits_buffered == 0);
+	ck_assert(e.posts[0].debit_after == 100);
+	/* Posted 100, buffered 100: 300 is not covered even merged. */
+	struct settle_op e3[] = { xfer(8, 13, 1, 2, 100, false) };
+	engine_epoch(&e, e3, 1, r);
+	struct settle_op e4[] = { xfer(9, 14, 2, 3, 300, false) };
+	engine_epoch(&e, e4, 1, r);
+	ck_assert_uint_eq(r[0], SETTLE_INSUFFICIENT_FUNDS);
+	a = engine_find(&e, 2);
+	ck_assert(a->debits_posted == 500 && a->credits_posted == 700 &&
+		  a->credits_buffered == 0);
+	/* Peak off: credits post in real time again, with their balance. */
+	struct settle_op e5[] = { ctl(10, SETTLE_REC_PEAK, 0, 0, 0),
+				  xfer(11, 15, 1, 2, 5, false) };
+	engine_epoch(&e, e5, 2, r);
+	a = engine_find(&e, 2);
+	ck_assert(a->credits_posted == 705 && a->credits_buffered == 0);
+	ck_assert_uint_eq(e.posts[1].credit_buffered, 0);
+	ck_assert(e.posts[1].credit_after == 205);
+	engine_free(&e);
+}
+END_TEST
+
+/* A merge at the end of peak, and a HOT off, move whole buffers. */
+START_TEST(peak_end_and_hot_off_merge)
+{
+	struct engine e;
+	engine_init(&e, 4, 16);
+	uint8_t r[8];
+	struct settle_op e1[] = { mkacct(1, 1, 0), mkacct(2, 2, 0), mkacct(3, 3, 0),
+				  ctl(4, SETTLE_REC_HOT, 2, 1, SETTLE_HOT_ADMIN),
+				  ctl(5, SETTLE_REC_HOT, 3, 1, SETTLE_HOT_AUTO),
+				  ctl(6, SETTLE_REC_PEAK, 0, 1, 0) };
+	engine_epoch(&e, e1, 6, r);
+	struct settle_op e2[] = { xfer(7, 20, 1, 2, 7, false),
+				  xfer(8, 21, 1, 3, 9, false) };
+	engine_epoch(&e, e2, 2, r);
+	ck_assert(engine_find(&e, 2)->credits_buffered == 7);
+	ck_assert(engine_find(&e, 3)->credits_buffered == 9);
+	/* HOT off merges 3 at once; a credit to it later in the same epoch
+	 * posts in real time (it is not hot at the end of the epoch). */
+	struct settle_op e3[] = { ctl(9, SETTLE_REC_HOT, 3, 0, SETTLE_HOT_AUTO),
+				  xfer(10, 22, 1, 3, 1, false) };
+	engine_epoch(&e, e3, 2, r);
+	ck_assert_uint_eq(e.nbatches, 1);
+	ck_assert_uint_eq(e.batches[0].reason, SETTLE_MERGE_HOT_OFF);
+	ck_assert(engine_find(&e, 3)->credits_posted == 10 &&
+		  engine_find(&e, 3)->credits_buffered == 0);
+	struct settle_op e4[] = { ctl(11, SETTLE_REC_PEAK, 0, 0, 0) };
+	engine_epoch(&e, e4, 1, r);
+	ck_assert_uint_eq(e.nbatches, 1);
+	ck_assert_uint_eq(e.batches[0].reason, SETTLE_MERGE_PEAK_END);
+	ck_assert(engine_find(&e, 2)->credits_posted == 7 &&
+		  engine_find(&e, 2)->credits_buffered == 0);
+	engine_free(&e);
+}
+END_TEST
+
+/* The detector: one account at 10x the threshold is heavy after a tenth
+ * of a window; 1,000,000 other accounts with one posting each are not,
+ * and the sketch does not grow; a window without its load forgets it. */
+START_TEST(sketch_finds_the_hot_account)
+{
+	settle_sketch *k;
+	ck_assert_int_eq(settle_sketch_create(&k), 0);
+	size_t bytes = settle_sketch_bytes(k);
+	ck_assert_uint_le(bytes, 300 * 1024);
+	const uint32_t threshold = 100, window_s = 10;
+	const uint32_t level = threshold * window_s;
+	settle_sketch_reset(k, level);
+	/* 10x the threshold over the window: 10,000 postings to 777,
+	 * spread among a million others. */
+	uint32_t at = 0;
+	for (uint64_t i = 0; i < 1000000; i++) {
+		settle_sketch_add(k, 1000000 + i * 7919);
+		if (i % 100 == 0 &&
+		    settle_sketch_add(k, 777) >= level && at == 0)
+			at = (uint32_t)(i / 100) + 1;
+	}
+	uint64_t heavy[8];
+	ck_assert_uint_eq(settle_sketch_heavy(k, heavy, 8), 1);
+	ck_assert_uint_eq(heavy[0], 777);
+	/* Heavy at its level-th posting: a tenth of the way through. */
+	ck_assert_uint_eq(at, level);
+	ck_assert_uint_eq(settle_sketch_bytes(k), bytes);
+	/* Over-counting by collisions is small next to the level. */
+	ck_assert_uint_lt(settle_sketch_estimate(k, 1000000 + 5 * 7919), level / 10);
+	/* The next window, without its load: below half the level. */
+	settle_sketch_reset(k, level);
+	for (uint64_t i = 0; i < 100000; i++)
+		settle_sketch_add(k, 5000000 + i);
+	ck_assert_uint_lt(settle_sketch_estimate(k, 777), level / 2);
+	ck_assert_uint_eq(settle_sketch_heavy(k, heavy, 8), 0);
+	settle_sketch_destroy(k);
 }
 END_TEST
 
@@ -489,7 +672,7 @@ static settle_seq *
 seq_with_accounts(uint32_t window)
 {
 	settle_seq *q;
-	ck_assert_int_eq(settle_seq_create(64, window, &q), 0);
+	ck_assert_int_eq(settle_seq_create(64, window, 16, &q), 0);
 	struct settle_seq_answer a;
 	for (uint64_t id = 1; id <= 30; id++) {
 		struct settle_account_rec r = { id, id >= 10 ? SETTLE_ACCOUNT_NONNEG : 0, 0 };
@@ -666,7 +849,7 @@ START_TEST(seq_memory_per_entry)
 	static const uint32_t caps[] = { 16, 1000, 65536, 1000003, 1 << 22 };
 	for (unsigned i = 0; i < sizeof(caps) / sizeof(caps[0]); i++) {
 		settle_seq *q;
-		ck_assert_int_eq(settle_seq_create(caps[i], caps[i], &q), 0);
+		ck_assert_int_eq(settle_seq_create(caps[i], caps[i], 1024, &q), 0);
 		size_t acc, ids;
 		settle_seq_bytes(q, &acc, &ids);
 		double per_account = (double)acc / caps[i] +
@@ -685,7 +868,7 @@ END_TEST
 START_TEST(seq_directory_random_deletes)
 {
 	settle_seq *q;
-	ck_assert_int_eq(settle_seq_create(300, 1, &q), 0);
+	ck_assert_int_eq(settle_seq_create(300, 1, 16, &q), 0);
 	bool in[1024] = { false };
 	uint32_t count = 0;
 	unsigned seed = 5;
@@ -745,7 +928,11 @@ struct fm_req {
 	struct settle_account_rec a;
 	struct settle_transfer t[3];
 	uint32_t n;
+	uint16_t ctl_type; /* PEAK / HOT / MERGE: a control request */
+	struct settle_ctl_rec ctl;
 };
+
+#define FM_MERGE_MAX 3 /* small: merge_max merges happen often */
 
 struct fm_reply {
 	uint8_t result;
@@ -767,7 +954,103 @@ struct fm_model {
 	struct settle_transfer orig[FM_TIDS];
 	uint8_t result[FM_TIDS];
 	uint64_t epoch_of[FM_TIDS];
+	/* DESIGN.md "Differentiated settlement", as plainly as it reads:
+	 * the sequencer's view (decided in log order) and the ledger's
+	 * (peak and hot as the epoch runs; a credit is buffered when, at
+	 * the end of its epoch, peak is on and its account hot). */
+	bool seq_peak, seq_hot[FM_IDS];
+	uint32_t hot_reason[FM_IDS];
+	uint64_t since[FM_IDS];
+	bool peak, hot[FM_IDS];
+	settle_u128 buffered[FM_IDS];
+	uint32_t merges;
 };
+
+/* Logged, in log order: a chain (request r) or a control record. */
+struct fm_item {
+	int32_t r; /* -1: control */
+	uint16_t type;
+	struct settle_ctl_rec ctl;
+};
+
+static void
+fm_merge(struct fm_model *m, uint64_t id)
+{
+	if (m->buffered[id] == 0)
+		return;
+	m->credits[id] += m->buffered[id];
+	m->buffered[id] = 0;
+	m->merges++;
+}
+
+/* The sequencer's decision on a control request (settle.h rules). */
+static enum settle_result
+fm_control(struct fm_model *m, uint16_t type, const struct settle_ctl_rec *c)
+{
+	uint64_t a = c->account;
+	bool known = a > 0 && a < FM_IDS && m->exists[a];
+	switch (type) {
+	case SETTLE_REC_PEAK:
+		if (c->on > 1 || (c->on != 0) == m->seq_peak || a != 0)
+			return SETTLE_BAD_REQUEST;
+		m->seq_peak = c->on;
+		for (uint64_t i = 0; !c->on && i < FM_IDS; i++)
+			m->since[i] = 0;
+		return SETTLE_OK;
+	case SETTLE_REC_HOT:
+		if (c->on > 1 || c->reason >= SETTLE_HOT_REASONS ||
+		    c->reason == SETTLE_HOT_FLAG)
+			return SETTLE_BAD_REQUEST;
+		if (!known)
+			return SETTLE_NO_SUCH_ACCOUNT;
+		if (c->on) {
+			if (m->seq_hot[a])
+				return SETTLE_ACCOUNT_EXISTS;
+			m->seq_hot[a] = true;
+			m->hot_reason[a] = c->reason;
+			m->since[a] = 0;
+			return SETTLE_OK;
+		}
+		if (!m->seq_hot[a])
+			return SETTLE_NO_SUCH_ACCOUNT;
+		if (m->hot_reason[a] == SETTLE_HOT_FLAG)
+			return SETTLE_BAD_REQUEST;
+		m->seq_hot[a] = false;
+		return SETTLE_OK;
+	case SETTLE_REC_MERGE:
+		if (c->reason >= SETTLE_MERGE_REASONS || c->on != 0)
+			return SETTLE_BAD_REQUEST;
+		if (a == 0) {
+			memset(m->since, 0, sizeof(m->since));
+			return SETTLE_OK;
+		}
+		if (!known || !m->seq_hot[a])
+			return SETTLE_NO_SUCH_ACCOUNT;
+		m->since[a] = 0;
+		return SETTLE_OK;
+	}
+	return SETTLE_BAD_REQUEST;
+}
+
+/* A control record as the ledger runs it. */
+static void
+fm_run_control(struct fm_model *m, uint16_t type, const struct settle_ctl_rec *c)
+{
+	if (type == SETTLE_REC_PEAK) {
+		m->peak = c->on;
+		for (uint64_t i = 0; !c->on && i < FM_IDS; i++)
+			fm_merge(m, i);
+	} else if (type == SETTLE_REC_HOT) {
+		if (!c->on)
+			fm_merge(m, c->account);
+		m->hot[c->account] = c->on;
+	} else if (c->account == 0) {
+		for (uint64_t i = 0; i < FM_IDS; i++)
+			fm_merge(m, i);
+	} else {
+		fm_merge(m, c->account);
+	}
+}
 
 static bool
 fm_same(const struct settle_transfer *a, const struct settle_transfer *b)
@@ -782,8 +1065,9 @@ static void
 fm_model_epoch(struct fm_model *m, const struct fm_req *rq, uint32_t nreq,
 	       uint64_t epoch, struct fm_reply (*rep)[3])
 {
-	/* Logged transfers of this epoch, in order, to run at its end. */
-	uint32_t run_req[FM_REQS * 3], nrun = 0;
+	/* Logged records of this epoch, in order, to run at its end. */
+	struct fm_item items[FM_REQS * 4];
+	uint32_t nitems = 0;
 	bool repeat_of_pending[FM_REQS][3];
 	memset(repeat_of_pending, 0, sizeof(repeat_of_pending));
 	for (uint32_t r = 0; r < nreq; r++) {
@@ -795,8 +1079,22 @@ fm_model_epoch(struct fm_model *m, const struct fm_req *rq, uint32_t nreq,
 			} else {
 				m->exists[id] = true;
 				m->flags[id] = q->a.flags;
+				if (q->a.flags & SETTLE_ACCOUNT_HOT) {
+					m->seq_hot[id] = m->hot[id] = true;
+					m->hot_reason[id] = SETTLE_HOT_FLAG;
+				}
 				rep[r][0] = (struct fm_reply){ SETTLE_OK, false, epoch };
 			}
+			continue;
+		}
+		if (q->ctl_type) {
+			enum settle_result why = fm_control(m, q->ctl_type, &q->ctl);
+			rep[r][0] = why == SETTLE_OK
+					    ? (struct fm_reply){ SETTLE_OK, false, epoch }
+					    : fm_err(why);
+			if (why == SETTLE_OK)
+				items[nitems++] = (struct fm_item){ -1, q->ctl_type,
+								    q->ctl };
 			continue;
 		}
 		uint32_t known = 0, same = 0;
@@ -858,23 +1156,43 @@ fm_model_epoch(struct fm_model *m, const struct fm_req *rq, uint32_t nreq,
 			m->known[q->t[k].id] = true;
 			m->orig[q->t[k].id] = q->t[k];
 			m->epoch_of[q->t[k].id] = epoch;
-			run_req[nrun++] = r;
+		}
+		items[nitems++] = (struct fm_item){ (int32_t)r, 0, { 0 } };
+		/* merge_max: credits logged to a hot account in peak. */
+		for (uint32_t k = 0; k < q->n; k++) {
+			uint64_t c = q->t[k].credit;
+			if (m->seq_peak && m->seq_hot[c] &&
+			    ++m->since[c] >= FM_MERGE_MAX) {
+				struct settle_ctl_rec mc = { c, 0, SETTLE_MERGE_MAX };
+				ck_assert_int_eq(fm_control(m, SETTLE_REC_MERGE, &mc),
+						 SETTLE_OK);
+				items[nitems++] = (struct fm_item){
+					-1, SETTLE_REC_MERGE, mc };
+			}
 		}
 	}
 	/* The epoch runs: debits in order against the previous epoch's
-	 * credits, chains whole; credits at the end. */
+	 * posted credits (buffered ones merged first when short), chains
+	 * whole, control records in their place; credits at the end. */
 	uint64_t pend_acct[FM_REQS * 3], pend_amt[FM_REQS * 3];
 	uint32_t npend = 0;
-	for (uint32_t i = 0; i < nrun;) {
-		const struct fm_req *q = &rq[run_req[i]];
+	for (uint32_t i = 0; i < nitems; i++) {
+		if (items[i].r < 0) {
+			fm_run_control(m, items[i].type, &items[i].ctl);
+			continue;
+		}
+		uint32_t r = (uint32_t)items[i].r;
+		const struct fm_req *q = &rq[r];
 		uint32_t n = q->n;
 		uint64_t d = q->t[0].debit;
 		settle_u128 spent = m->debits[d];
 		uint32_t failed = UINT32_MAX;
-		for (uint32_t k = 0; k < n; k++) {
+		for (uint32_t k = 0; k < n && failed == UINT32_MAX; k++) {
 			spent += q->t[k].amount;
-			if ((m->flags[d] & SETTLE_ACCOUNT_NONNEG) &&
-			    spent > m->credits[d] && failed == UINT32_MAX)
+			bool nonneg = m->flags[d] & SETTLE_ACCOUNT_NONNEG;
+			if (nonneg && spent > m->credits[d])
+				fm_merge(m, d);
+			if (nonneg && spent > m->credits[d])
 				failed = k;
 		}
 		for (uint32_t k = 0; k < n; k++) {
@@ -882,17 +1200,21 @@ fm_model_epoch(struct fm_model *m, const struct fm_req *rq, uint32_t nreq,
 				      : k == failed   ? SETTLE_INSUFFICIENT_FUNDS
 						      : SETTLE_LINKED_FAILED;
 			m->result[q->t[k].id] = res;
-			rep[run_req[i]][k] = (struct fm_reply){ res, false, epoch };
+			rep[r][k] = (struct fm_reply){ res, false, epoch };
 			if (failed == UINT32_MAX) {
 				m->debits[d] += q->t[k].amount;
 				pend_acct[npend] = q->t[k].credit;
 				pend_amt[npend++] = q->t[k].amount;
 			}
 		}
-		i += n;
 	}
-	for (uint32_t k = 0; k < npend; k++)
-		m->credits[pend_acct[k]] += pend_amt[k];
+	for (uint32_t k = 0; k < npend; k++) {
+		uint64_t c = pend_acct[k];
+		if (m->peak && m->hot[c])
+			m->buffered[c] += pend_amt[k];
+		else
+			m->credits[c] += pend_amt[k];
+	}
 	for (uint32_t r = 0; r < nreq; r++)
 		for (uint32_t k = 0; k < 3; k++)
 			if (repeat_of_pending[r][k]) {
@@ -908,12 +1230,26 @@ static void
 fm_engine_epoch(settle_seq *q, struct engine *e, const struct fm_req *rq,
 		uint32_t nreq, uint64_t epoch, struct fm_reply (*rep)[3])
 {
-	static struct settle_op ops[FM_REQS * 3];
-	uint32_t where_r[FM_REQS * 3], where_k[FM_REQS * 3], nops = 0;
+	static struct settle_op ops[FM_REQS * 4];
+	uint32_t where_r[FM_REQS * 4], where_k[FM_REQS * 4], nops = 0;
 	bool pending[FM_REQS][3];
 	memset(pending, 0, sizeof(pending));
 	for (uint32_t r = 0; r < nreq; r++) {
 		struct settle_seq_answer ans[3];
+		if (rq[r].ctl_type) {
+			settle_seq_control(q, rq[r].ctl_type, &rq[r].ctl, ans);
+			if (ans[0].verdict == SETTLE_SEQ_LOG) {
+				ops[nops] = (struct settle_op){
+					.lsn = nops + 1, .type = rq[r].ctl_type,
+					.ix = ans[0].debit_ix };
+				ops[nops].u.ctl = rq[r].ctl;
+				where_r[nops] = r;
+				where_k[nops++] = 0;
+			} else {
+				rep[r][0] = fm_err(ans[0].result);
+			}
+			continue;
+		}
 		if (rq[r].account) {
 			settle_seq_account(q, &rq[r].a, ans);
 			if (ans[0].verdict == SETTLE_SEQ_LOG) {
@@ -953,16 +1289,34 @@ fm_engine_epoch(settle_seq *q, struct engine *e, const struct fm_req *rq,
 				break;
 			}
 		}
+		/* As the server does: a MERGE right after the chain. */
+		for (uint32_t k = 0; k < rq[r].n; k++) {
+			if (!ans[k].merge_due)
+				continue;
+			struct settle_seq_answer ma;
+			struct settle_ctl_rec mc = { rq[r].t[k].credit, 0,
+						     SETTLE_MERGE_MAX };
+			settle_seq_control(q, SETTLE_REC_MERGE, &mc, &ma);
+			ck_assert_int_eq(ma.verdict, SETTLE_SEQ_LOG);
+			ops[nops] = (struct settle_op){ .lsn = nops + 1,
+							.type = SETTLE_REC_MERGE,
+							.ix = ma.debit_ix };
+			ops[nops].u.ctl = mc;
+			where_r[nops] = UINT32_MAX; /* nobody asked */
+			where_k[nops++] = 0;
+		}
 	}
-	uint8_t res[FM_REQS * 3];
+	uint8_t res[FM_REQS * 4];
 	engine_epoch(e, ops, nops, res);
 	for (uint32_t i = 0; i < nops; i++) {
 		if (ops[i].type == SETTLE_REC_TRANSFER)
 			settle_seq_resolve(q, ops[i].u.transfer.id,
 					   (enum settle_result)res[i], epoch);
-		rep[where_r[i]][where_k[i]] = (struct fm_reply){ res[i], false,
-								 epoch };
+		if (where_r[i] != UINT32_MAX)
+			rep[where_r[i]][where_k[i]] = (struct fm_reply){
+				res[i], false, epoch };
 	}
+	e->merges += e->nbatches;
 	for (uint32_t r = 0; r < nreq; r++)
 		for (uint32_t k = 0; k < 3; k++) {
 			if (!pending[r][k])
@@ -978,7 +1332,7 @@ fm_engine_epoch(settle_seq *q, struct engine *e, const struct fm_req *rq,
 
 static void
 fm_random(unsigned *seed, struct fm_req *q, const struct fm_req *history,
-	  uint32_t nhist)
+	  uint32_t nhist, bool peaks)
 {
 	memset(q, 0, sizeof(*q));
 	int dice = rand_r(seed) % 20;
@@ -986,11 +1340,29 @@ fm_random(unsigned *seed, struct fm_req *q, const struct fm_req *history,
 		q->account = true;
 		q->a.id = (uint64_t)(rand_r(seed) % (FM_IDS - 1)) + 1;
 		q->a.flags = rand_r(seed) % 3 ? SETTLE_ACCOUNT_NONNEG : 0;
+		if (rand_r(seed) % 6 == 0)
+			q->a.flags |= SETTLE_ACCOUNT_HOT;
+		return;
+	}
+	if (peaks && rand_r(seed) % 8 == 0) {
+		/* PEAK, HOT, MERGE: valid and not (wrong state, unknown
+		 * account, the flag reason, a bad reason). */
+		static const uint16_t types[] = { SETTLE_REC_PEAK, SETTLE_REC_HOT,
+						  SETTLE_REC_HOT, SETTLE_REC_MERGE };
+		q->ctl_type = types[rand_r(seed) % 4];
+		q->ctl.on = (uint32_t)(rand_r(seed) % 2);
+		q->ctl.account = q->ctl_type == SETTLE_REC_PEAK ? 0
+				 : rand_r(seed) % 5 == 0
+					 ? 0
+					 : (uint64_t)(rand_r(seed) % (FM_IDS - 1)) + 1;
+		q->ctl.reason = (uint32_t)(rand_r(seed) % 5);
+		if (q->ctl_type == SETTLE_REC_MERGE)
+			q->ctl.on = rand_r(seed) % 10 == 0;
 		return;
 	}
 	if (dice < 6 && nhist > 0) {
 		*q = history[rand_r(seed) % nhist]; /* an exact repeat */
-		if (dice == 5 && !q->account)
+		if (dice == 5 && !q->account && !q->ctl_type)
 			q->t[q->n - 1].amount++; /* ...or a conflicting one */
 		return;
 	}
@@ -1014,16 +1386,24 @@ fm_random(unsigned *seed, struct fm_req *q, const struct fm_req *history,
 	}
 }
 
-START_TEST(decisions_match_model)
+/* 20 seeds from _i: requests through the model and the engine (real
+ * sequencer, 1, 2 and 4 shards); with peaks, PEAK / HOT / MERGE requests
+ * and hot accounts are mixed in. */
+static void
+fm_seeds(int _i, bool peaks)
 {
+	static const uint32_t shard_counts[] = { 1, 2, 4 };
+	uint32_t merges = 0, buffered = 0, peaks_on = 0;
 	for (int sn = 0; sn < 20; sn++) {
-		unsigned seed = (unsigned)(_i * 20 + sn) * 2246822519u + 7;
-		struct fm_model m;
+		unsigned seed = (unsigned)(_i * 20 + sn) * 2246822519u +
+				(peaks ? 11 : 7);
+		static struct fm_model m;
 		memset(&m, 0, sizeof(m));
 		settle_seq *q;
-		ck_assert_int_eq(settle_seq_create(FM_IDS, 1 << 12, &q), 0);
-		struct engine e;
-		engine_init(&e, (uint32_t)(sn % 3) + 1, FM_IDS);
+		ck_assert_int_eq(settle_seq_create(FM_IDS, 1 << 12, 64, &q), 0);
+		settle_seq_set_merge_max(q, FM_MERGE_MAX);
+		static struct engine e;
+		engine_init(&e, shard_counts[sn % 3], FM_IDS);
 		e.q = q; /* its indexes, as the server uses them */
 		static struct fm_req hist[4096];
 		uint32_t nhist = 0;
@@ -1031,7 +1411,7 @@ START_TEST(decisions_match_model)
 			struct fm_req rq[FM_REQS];
 			uint32_t n = (uint32_t)(rand_r(&seed) % FM_REQS) + 1;
 			for (uint32_t r = 0; r < n; r++) {
-				fm_random(&seed, &rq[r], hist, nhist);
+				fm_random(&seed, &rq[r], hist, nhist, peaks);
 				if (nhist < 4096)
 					hist[nhist++] = rq[r];
 			}
@@ -1041,7 +1421,8 @@ START_TEST(decisions_match_model)
 			fm_model_epoch(&m, rq, n, epoch, want);
 			fm_engine_epoch(q, &e, rq, n, epoch, got);
 			for (uint32_t r = 0; r < n; r++)
-				for (uint32_t k = 0; k < (rq[r].account ? 1 : rq[r].n);
+				for (uint32_t k = 0;
+				     k < (rq[r].account || rq[r].ctl_type ? 1 : rq[r].n);
 				     k++)
 					if (memcmp(&want[r][k], &got[r][k],
 						   sizeof(want[r][k])) != 0 &&
@@ -1064,13 +1445,45 @@ START_TEST(decisions_match_model)
 			const struct settle_account *a = engine_find(&e, id);
 			ck_assert(m.exists[id] == (a != NULL));
 			if (a && (a->debits_posted != m.debits[id] ||
-				  a->credits_posted != m.credits[id]))
-				ck_abort_msg("seed %d: account %llu differs",
-					     _i * 20 + sn, (unsigned long long)id);
+				  a->credits_posted != m.credits[id] ||
+				  a->credits_buffered != m.buffered[id] ||
+				  settle_seq_hot(q, id, NULL) != m.seq_hot[id] ||
+				  ((a->flags & SETTLE_ACCOUNT_HOT_NOW) != 0) !=
+					  m.hot[id]))
+				ck_abort_msg("seed %d (%u shards): account %llu "
+					     "differs",
+					     _i * 20 + sn, e.nshards,
+					     (unsigned long long)id);
 		}
+		ck_assert_int_eq(settle_seq_peak(q), m.seq_peak);
+		ck_assert_int_eq(settle_ledger_peak(e.ledger), m.peak);
+		if (e.merges != m.merges)
+			ck_abort_msg("seed %d: %u merges, model %u", _i * 20 + sn,
+				     e.merges, m.merges);
+		merges += m.merges;
+		peaks_on += m.peak;
+		for (uint64_t id = 1; id < FM_IDS; id++)
+			buffered += m.buffered[id] != 0;
 		engine_free(&e);
 		settle_seq_destroy(q);
 	}
+	/* The workload must exercise what it claims to. */
+	if (peaks && (merges == 0 || buffered == 0 || peaks_on == 0))
+		ck_abort_msg("seeds %d..: %u merges, %u buffers open, %u in "
+			     "peak at the end: the workload missed peaks",
+			     _i * 20, merges, buffered, peaks_on);
+}
+
+START_TEST(decisions_match_model)
+{
+	fm_seeds(_i, false);
+}
+END_TEST
+
+/* The same with peak hours, hot accounts and merges (issue 6). */
+START_TEST(peaks_match_model)
+{
+	fm_seeds(_i, true);
 }
 END_TEST
 
@@ -1085,6 +1498,9 @@ settle_suite(void)
 	tcase_add_test_raise_signal(tc, creating_an_existing_account_aborts,
 				    SIGABRT);
 	tcase_add_test(tc, result_names);
+	tcase_add_test(tc, hot_debit_merges_first);
+	tcase_add_test(tc, peak_end_and_hot_off_merge);
+	tcase_add_test(tc, sketch_finds_the_hot_account);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("sequencer");
@@ -1104,6 +1520,8 @@ settle_suite(void)
 			    (seeds + SEEDS_PER_TEST - 1) / SEEDS_PER_TEST);
 	/* 20 seeds per test: 1000 seeds of the whole decision path. */
 	tcase_add_loop_test(tc, decisions_match_model, 0, seeds / 3 / 20);
+	/* And 1000 with peaks, hot accounts and merges. */
+	tcase_add_loop_test(tc, peaks_match_model, 0, seeds / 3 / 20);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -881,7 +881,7 @@ write_snap(uint64_t epoch, uint32_t accounts, uint32_t ids)
 		struct settle_seq_id e = { 100 + i, 7, (epoch << 8) | 0 };
 		ck_assert_int_eq(store_snap_put(w, &e, sizeof(e)), 0);
 	}
-	ck_assert_int_eq(store_snap_commit(w, accounts, ids), 0);
+	ck_assert_int_eq(store_snap_commit(w, accounts, ids, 0), 0);
 }
 
 START_TEST(snapshot_round_trip_fallback_prune)

@@ -36,6 +36,13 @@ usage(FILE *f)
 		"  account ID one account's counters, flags and shard\n"
 		"  verify     check the ledger invariants (exit 1 if broken)\n"
 		"  snapshot   write a snapshot now (in the background)\n"
+		"  peak [on|off|auto]   peak state; force it on/off, or back to\n"
+		"             the [peak] schedule\n"
+		"  hot [add ID|del ID]  the hot set (why each is hot, buffers);\n"
+		"             make an account hot / normal\n"
+		"  merge [ID] merge every hot buffer (or one account's) now\n"
+		"  history ID [--limit N]  an account's recent journal entries\n"
+		"             (in-memory window, newest first)\n"
 		"  raw CMD..  send CMD as it is, print the reply\n"
 		"\n"
 		"  -s, --socket PATH   admin socket (default: $DOVE_ADMIN_SOCKET, else\n"
@@ -304,6 +311,17 @@ main(int argc, char **argv)
 			return 2;
 		}
 		snprintf(cmd, sizeof(cmd), "account %s", argv[optind + 1]);
+	} else if (!strcmp(verb, "peak") || !strcmp(verb, "hot") ||
+		   !strcmp(verb, "merge") || !strcmp(verb, "history")) {
+		/* Arguments are checked by doved, which says what is wrong. */
+		size_t n = (size_t)snprintf(cmd, sizeof(cmd), "%s", verb);
+		for (int i = optind + 1; i < argc && n < sizeof(cmd); i++)
+			n += (size_t)snprintf(cmd + n, sizeof(cmd) - n, " %s",
+					      argv[i]);
+		if (n >= sizeof(cmd)) {
+			fprintf(stderr, "dovectl: command too long\n");
+			return 2;
+		}
 	} else if (!strcmp(verb, "status") || !strcmp(verb, "config") ||
 		   !strcmp(verb, "reload") || !strcmp(verb, "shutdown") ||
 		   !strcmp(verb, "stats") || !strcmp(verb, "verify") ||
