@@ -175,6 +175,8 @@ struct core {
 	struct journal *journal;
 	uint64_t merges, merged_postings;
 	uint64_t realtime_postings, buffered_postings;
+	uint64_t hot_updates; /* balance updates of hot accounts */
+	uint64_t hot_credit_updates; /* ...made by credits (or merges) */
 	uint64_t merges_by_reason[SETTLE_MERGE_REASONS];
 
 	/* Execution scratch, sized once. legs[src * nshards + dst]: the
@@ -854,17 +856,25 @@ account_epoch(struct core *k, uint64_t first, uint32_t count, uint64_t epoch,
 				 r->op.lsn, time_ns, &k->posts[i]);
 		if (res != SETTLE_OK)
 			continue;
+		const struct settle_post *p = &k->posts[i];
 		k->realtime_postings++; /* the debit */
-		if (k->posts[i].credit_buffered)
+		k->hot_updates += p->debit_hot;
+		if (p->credit_buffered) {
 			k->buffered_postings++;
-		else
+		} else {
 			k->realtime_postings++;
+			k->hot_updates += p->credit_hot;
+			k->hot_credit_updates += p->credit_hot;
+		}
 	}
 	for (uint32_t s = 0; s < k->nshards; s++) {
 		for (uint32_t b = 0; b < k->nbatches[s]; b++) {
 			const struct settle_batch *x = &k->batches[s][b];
 			journal_batch(k->journal, x, epoch, time_ns);
 			k->merges++;
+			/* one balance update per batch */
+			k->hot_updates++;
+			k->hot_credit_updates++;
 			k->merged_postings += x->count;
 			k->merges_by_reason[x->reason]++;
 		}
@@ -1861,6 +1871,12 @@ server_core_stats_json(struct json_buf *j)
 	json_u64(j, k->buffered_postings);
 	json_key(j, "balance_updates");
 	json_u64(j, k->realtime_postings + k->merges);
+	json_key(j, "hot_balance_updates");
+	json_u64(j, k->hot_updates);
+	json_key(j, "hot_credit_updates");
+	json_u64(j, k->hot_credit_updates);
+	json_key(j, "batches");
+	json_u64(j, k->merges);
 	json_key(j, "shards");
 	json_arr_begin(j);
 	for (uint32_t s = 0; s < k->nshards; s++)
@@ -2307,6 +2323,8 @@ server_core_open(struct server *srv, store_wal *wal)
 	timerfd_settime(k->snap_timer.fd, 0, &tick, NULL);
 	server_loop_add(&srv->loop, &k->snap_timer, EPOLLIN);
 	k->snap_last_ns = core_now_ns();
+	/* Timed merges count from the start, not from the boot. */
+	k->last_merge_ns = k->window_start_ns = k->snap_last_ns;
 	if (rp.epochs > 0)
 		DOVE_INFO("replayed %llu epochs: %llu accounts, %llu transfers",
 			  (unsigned long long)rp.epochs,

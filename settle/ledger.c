@@ -393,8 +393,11 @@ settle_ledger_debit_phase(settle_ledger *l, uint32_t shard,
 				break;
 			}
 			a->debits_posted += t->amount; /* tentative in a chain */
-			if (out->posts)
-				out->posts[ops[k].where].debit_after = balance(a);
+			if (out->posts) {
+				struct settle_post *p = &out->posts[ops[k].where];
+				p->debit_after = balance(a);
+				p->debit_hot = (a->flags & SETTLE_ACCOUNT_HOT_NOW) != 0;
+			}
 		}
 		if (failed != UINT32_MAX) {
 			/* Undo the chain's debits; nothing of it happened. */
@@ -431,6 +434,8 @@ credit_one(settle_ledger *l, struct shard_state *st, const struct settle_credit 
 	struct settle_account *a = slot(l, c->ix, c->account);
 	DOVE_ASSERT(c->amount > 0);
 	struct settle_post *p = out->posts ? &out->posts[c->where] : NULL;
+	if (p)
+		p->credit_hot = (a->flags & SETTLE_ACCOUNT_HOT_NOW) != 0;
 	if (st->peak && (a->flags & SETTLE_ACCOUNT_HOT_NOW)) {
 		struct hbuf *e = buf_get(st, c->ix);
 		if (e->count++ == 0)

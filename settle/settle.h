@@ -198,6 +198,7 @@ struct settle_post {
 	settle_i128 debit_after;
 	settle_i128 credit_after; /* when not buffered */
 	uint8_t credit_buffered;  /* the credit went to credits_buffered */
+	uint8_t debit_hot, credit_hot; /* the account was hot then */
 };
 
 typedef struct settle_ledger settle_ledger;

@@ -381,6 +381,59 @@ START_TEST(strerror_names_the_code)
 }
 END_TEST
 
+/* [peak] windows: local times, several, crossing midnight allowed. */
+START_TEST(peak_windows_cross_midnight)
+{
+	struct server_peak_window w[SERVER_PEAK_WINDOWS_MAX];
+	int n = server_peak_windows_parse("11:00-13:30,22:00-02:00", w);
+	ck_assert_int_eq(n, 2);
+	static const struct { int m; bool in; } at[] = {
+		{ 10 * 60 + 59, false }, { 11 * 60, true }, { 13 * 60 + 29, true },
+		{ 13 * 60 + 30, false }, { 21 * 60 + 59, false }, { 22 * 60, true },
+		{ 23 * 60 + 59, true }, { 0, true }, { 1 * 60 + 59, true },
+		{ 2 * 60, false },
+	};
+	for (unsigned i = 0; i < sizeof(at) / sizeof(at[0]); i++)
+		ck_assert_msg(server_peak_windows_contain(w, n, at[i].m) == at[i].in,
+			      "minute %d", at[i].m);
+	/* Up to midnight, and the whole day. */
+	n = server_peak_windows_parse("20:00-24:00", w);
+	ck_assert(server_peak_windows_contain(w, n, 23 * 60 + 59));
+	ck_assert(!server_peak_windows_contain(w, n, 0));
+	n = server_peak_windows_parse("00:00-24:00", w);
+	ck_assert(server_peak_windows_contain(w, n, 0) &&
+		  server_peak_windows_contain(w, n, 1439));
+	ck_assert_int_eq(server_peak_windows_parse("", w), 0);
+	ck_assert(!server_peak_windows_contain(w, 0, 600));
+	/* Refused: malformed, out of range, empty window, too many. */
+	static const char *const bad[] = {
+		"11:00", "11:00-", "1:00-2:00", "11:00-25:00", "11:60-12:00",
+		"11:00-11:00", "24:00-01:00", "11:00-12:00,", "11:00-12:00;13:00-14:00",
+		"00:00-00:01,00:02-00:03,00:04-00:05,00:06-00:07,00:08-00:09,"
+		"00:10-00:11,00:12-00:13,00:14-00:15,00:16-00:17,00:18-00:19,"
+		"00:20-00:21,00:22-00:23,00:24-00:25,00:26-00:27,00:28-00:29,"
+		"00:30-00:31,00:32-00:33",
+	};
+	for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		ck_assert_msg(server_peak_windows_parse(bad[i], w) == -1, "%s",
+			      bad[i]);
+	/* ...and the config loader says so, naming the line. */
+	server_config *cfg;
+	char err[1024];
+	ck_assert_int_ne(load_text("[peak]\nwindows = 11:00-25:00\n", &cfg, err,
+				   sizeof(err)), 0);
+	ck_assert_msg(strstr(err, ":2:") && strstr(err, "windows"), "%s", err);
+	ck_assert_int_ne(load_text("[hot]\naccounts = 1,0\n", &cfg, err,
+				   sizeof(err)), 0);
+	ck_assert_msg(strstr(err, "accounts"), "%s", err);
+	ck_assert_int_eq(load_text("[hot]\naccounts = 1,22\n[peak]\nmode = always\n",
+				   &cfg, err, sizeof(err)), 0);
+	ck_assert_str_eq(cfg->hot_accounts, "1,22");
+	ck_assert_int_eq(cfg->peak_mode, 1);
+	server_config_free(cfg);
+}
+END_TEST
+
 START_TEST(account_flags_round_trip)
 {
 	char buf[16];
@@ -441,6 +494,7 @@ config_suite(void)
 	tcase_add_test(tc, dir_create_nested_and_refuses_file);
 	tcase_add_test(tc, strerror_names_the_code);
 	tcase_add_test(tc, account_flags_round_trip);
+	tcase_add_test(tc, peak_windows_cross_midnight);
 	tcase_add_test_raise_signal(tc, assert_aborts, SIGABRT);
 	suite_add_tcase(s, tc);
 	return s;

@@ -252,6 +252,12 @@ END_TEST
  * while four connections pipeline transfers; after each restart every
  * answered transfer is there exactly once (resubmitting it says dup with
  * the same epoch) and the money adds up. */
+static void
+xfer_1_2_3(uint64_t id, char *buf, size_t size)
+{
+	snprintf(buf, size, "TRANSFER %llu 1 2 3", (unsigned long long)id);
+}
+
 START_TEST(crash_recovery_answered_exactly_once)
 {
 	dh_start(&h);
@@ -265,9 +271,6 @@ START_TEST(crash_recovery_answered_exactly_once)
 	unsigned seed = 3;
 	for (int kill_no = 0; kill_no < 20; kill_no++) {
 		enum { CONNS = 4 };
-		int fds[CONNS];
-		for (int c = 0; c < CONNS; c++)
-			fds[c] = dh_ingress(&h);
 		/* A snapshot of what the previous lives left, written by a
 		 * child that the kill below may or may not outrun. */
 		char ar0[4096];
@@ -280,63 +283,9 @@ START_TEST(crash_recovery_answered_exactly_once)
 				break;
 			usleep(5000);
 		}
-		pid_t killer = fork();
-		if (killer == 0) {
-			usleep(20000 + (useconds_t)(rand_r(&seed) % 120000));
-			kill(h.pid, SIGKILL);
-			_exit(0);
-		}
-		/* Pipelined bursts on several connections until the server
-		 * dies under us, with a snapshot asked for part way (the kill
-		 * may land while its child writes). */
-		enum { BURST = 50 };
-		bool alive = true;
-		int bursts = 0;
-		while (alive && next_id + CONNS * BURST < 20000) {
-			static char lines[CONNS][BURST][48];
-			static char rep[CONNS][BURST][256];
-			memset(rep, 0, sizeof(rep));
-			for (int c = 0; c < CONNS; c++) {
-				char out[BURST * 48];
-				size_t len = 0;
-				for (int i = 0; i < BURST; i++) {
-					snprintf(lines[c][i], sizeof(lines[c][i]),
-						 "TRANSFER %llu 1 2 3",
-						 (unsigned long long)(next_id +
-								      (uint64_t)(c * BURST + i)));
-					len += (size_t)snprintf(out + len,
-								sizeof(out) - len,
-								"%s\n", lines[c][i]);
-				}
-				if (send(fds[c], out, len, MSG_NOSIGNAL) !=
-				    (ssize_t)len)
-					alive = false;
-			}
-			for (int c = 0; c < CONNS && alive; c++)
-				for (int i = 0; i < BURST && alive; i++)
-					alive = dh_read_line(fds[c], rep[c][i], 256);
-			for (int c = 0; c < CONNS; c++)
-				for (int i = 0; i < BURST; i++)
-					if (strncmp(rep[c][i], "OK ", 3) == 0)
-						snprintf(answered[next_id + (uint64_t)(c * BURST + i)],
-							 32, "%.31s", rep[c][i]);
-			next_id += CONNS * BURST;
-			if (alive && ++bursts == 3) {
-				int afd = dh_connect(h.sock);
-				char ar[512];
-				if (afd >= 0) {
-					dh_cmd_fd(afd, "snapshot", ar, sizeof(ar));
-					close(afd);
-				}
-			}
-		}
-		waitpid(killer, NULL, 0);
-		waitpid(h.pid, NULL, 0);
-		h.pid = 0;
-		for (int c = 0; c < CONNS; c++)
-			close(fds[c]);
+		dh_crash_life(&h, CONNS, &next_id, 20000, xfer_1_2_3, answered,
+			      seed);
 		seed = seed * 1103515245 + 12345;
-		dh_start(&h);
 	}
 	/* Every answered transfer: a resubmission is a dup of the same
 	 * epoch. Count them all. */

@@ -263,3 +263,62 @@ dh_lines(int fd, const char *const *lines, int n, char (*replies)[256])
 			return false;
 	return true;
 }
+
+void
+dh_crash_life(struct dh *h, int conns, uint64_t *next_id, uint64_t max_id,
+	      void (*line)(uint64_t id, char *buf, size_t size),
+	      char (*answered)[32], unsigned seed)
+{
+	enum { CONNS_MAX = 8, BURST = 50 };
+	ck_assert_int_le(conns, CONNS_MAX);
+	int fds[CONNS_MAX];
+	for (int c = 0; c < conns; c++)
+		fds[c] = dh_ingress(h);
+	pid_t killer = fork();
+	if (killer == 0) {
+		usleep(20000 + (useconds_t)(rand_r(&seed) % 120000));
+		kill(h->pid, SIGKILL);
+		_exit(0);
+	}
+	bool alive = true;
+	for (int burst = 0; alive && *next_id + (uint64_t)(conns * BURST) < max_id;
+	     burst++) {
+		static char rep[CONNS_MAX][BURST][256];
+		memset(rep, 0, sizeof(rep));
+		for (int c = 0; c < conns; c++) {
+			char out[BURST * 64];
+			size_t len = 0;
+			for (int i = 0; i < BURST; i++) {
+				line(*next_id + (uint64_t)(c * BURST + i), out + len,
+				     sizeof(out) - len - 1);
+				len += strlen(out + len);
+				out[len++] = '\n';
+			}
+			if (send(fds[c], out, len, MSG_NOSIGNAL) != (ssize_t)len)
+				alive = false;
+		}
+		for (int c = 0; c < conns && alive; c++)
+			for (int i = 0; i < BURST && alive; i++)
+				alive = dh_read_line(fds[c], rep[c][i], 256);
+		for (int c = 0; c < conns; c++)
+			for (int i = 0; i < BURST; i++)
+				if (strncmp(rep[c][i], "OK ", 3) == 0)
+					snprintf(answered[*next_id + (uint64_t)(c * BURST + i)],
+						 32, "%.31s", rep[c][i]);
+		*next_id += (uint64_t)(conns * BURST);
+		if (alive && burst == 2) {
+			int afd = dh_connect(h->sock);
+			char ar[512];
+			if (afd >= 0) {
+				dh_cmd_fd(afd, "snapshot", ar, sizeof(ar));
+				close(afd);
+			}
+		}
+	}
+	waitpid(killer, NULL, 0);
+	waitpid(h->pid, NULL, 0);
+	h->pid = 0;
+	for (int c = 0; c < conns; c++)
+		close(fds[c]);
+	dh_start(h);
+}

@@ -64,6 +64,18 @@ size_t dh_read_file(const char *path, char *buf, size_t size);
 /* Run cmd under sh, capture stdout+stderr into out; return exit status. */
 int dh_run(const char *cmd, char *out, size_t size);
 
+/*
+ * One life of a crash test: from conns pipelined connections, send bursts
+ * of 50 requests (line(id) for consecutive ids from *next_id) until a
+ * SIGKILL that lands at a random moment (20..140 ms, from seed) takes
+ * doved down; ask for a snapshot after the third burst (the kill may land
+ * while its child writes). answered[id] receives every "OK ..." reply.
+ * Then doved is started again. Ids stay below max_id.
+ */
+void dh_crash_life(struct dh *h, int conns, uint64_t *next_id, uint64_t max_id,
+		   void (*line)(uint64_t id, char *buf, size_t size),
+		   char (*answered)[32], unsigned seed);
+
 /* Run a Check suite, print its results; the exit status for main(). */
 int dh_run_suite(Suite *s);
 

@@ -265,7 +265,9 @@ check_money(void)
 				if (sscanf(p, "BAL %llu %llu %llu %llu %31s", &id,
 					   &cp, &dp, &cb, flags) == 5) {
 					sum += (__int128)cp + cb - dp;
-					if (strstr(flags, "nonneg") && cp + cb < dp)
+					/* the posted balance: buffered
+					 * credits are not spendable */
+					if (strstr(flags, "nonneg") && cp < dp)
 						negative++;
 				} else {
 					missing++;
