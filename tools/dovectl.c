@@ -161,16 +161,26 @@ value(struct jp *p, const char *path, FILE *f)
 		if (!p->bad)
 			p->s++;
 	} else if (*p->s == '[') {
-		/* Arrays of scalars print on one line: "a, b" or "(none)". */
+		/* Arrays of scalars print on one line: "a, b" or "(none)";
+		 * objects in an array as path[i].key lines. */
 		p->s++;
 		ws(p);
 		size_t n = 0;
+		int items = 0;
 		buf[0] = '\0';
 		while (!p->bad && *p->s != ']') {
 			char item[1024];
-			scalar(p, item, sizeof(item));
-			n += (size_t)snprintf(buf + n, n < sizeof(buf) ? sizeof(buf) - n : 0,
-					      "%s%s", n ? ", " : "", item);
+			if (*p->s == '{' || *p->s == '[') {
+				char sub[512];
+				snprintf(sub, sizeof(sub), "%s[%d]", path, items++);
+				value(p, sub, f);
+			} else {
+				scalar(p, item, sizeof(item));
+				items++;
+				n += (size_t)snprintf(buf + n,
+						      n < sizeof(buf) ? sizeof(buf) - n : 0,
+						      "%s%s", n ? ", " : "", item);
+			}
 			ws(p);
 			if (*p->s == ',')
 				p->s++, ws(p);
@@ -179,7 +189,8 @@ value(struct jp *p, const char *path, FILE *f)
 		}
 		if (!p->bad)
 			p->s++;
-		fprintf(f, "%s: %s\n", path, n ? buf : "(none)");
+		if (n > 0 || items == 0)
+			fprintf(f, "%s: %s\n", path, n ? buf : "(none)");
 	} else {
 		scalar(p, buf, sizeof(buf));
 		if (!p->bad)
