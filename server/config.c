@@ -28,6 +28,7 @@ static const char *const log_levels[] = { "error", "warn", "info", "debug",
 static const char *const fsync_modes[] = { "always", "never", NULL };
 static const char *const peak_modes[] = { "schedule", "always", "never",
 					  NULL };
+static const char *const backends[] = { "file", "mariadb", NULL };
 
 #define F(field) offsetof(server_config, field)
 #define NOLIM 0, 0
@@ -134,6 +135,43 @@ static const struct server_config_key keys[] = {
 	  "journal entries kept in memory for admin `history` (the newest; "
 	  "full history is the MariaDB projection's)" },
 
+	{ "store", "backend", SERVER_CFG_ENUM, 0, NOLIM, backends, "file",
+	  F(store_backend),
+	  "file = the WAL and snapshots are the whole database; mariadb = "
+	  "also project the ledger into [mariadb] (the WAL stays the "
+	  "durability)" },
+
+	{ "mariadb", "hosts", SERVER_CFG_HOSTS, 0, NOLIM, NULL,
+	  "127.0.0.1:3306", F(mariadb_hosts),
+	  "MariaDB servers in failover order: host:port or unix:/path/to/socket, "
+	  "comma separated (masters replicating to each other)" },
+	{ "mariadb", "user", SERVER_CFG_STR, 0, NOLIM, NULL, "dove",
+	  F(mariadb_user), "user to connect as" },
+	{ "mariadb", "password", SERVER_CFG_STR,
+	  SERVER_CFG_EMPTY_OK | SERVER_CFG_SECRET, NOLIM, NULL, "",
+	  F(mariadb_password),
+	  "its password (never printed); prefer password_file" },
+	{ "mariadb", "password_file", SERVER_CFG_PATH, SERVER_CFG_EMPTY_OK,
+	  NOLIM, NULL, "", F(mariadb_password_file),
+	  "file whose first line is the password (read at start); empty = "
+	  "use password" },
+	{ "mariadb", "database", SERVER_CFG_STR, 0, NOLIM, NULL, "dove",
+	  F(mariadb_database),
+	  "database (must exist); doved creates and migrates its tables" },
+	{ "mariadb", "connect_timeout_s", SERVER_CFG_INT, 0, 1, 3600, NULL, "2",
+	  F(mariadb_connect_timeout_s),
+	  "seconds to connect before trying the next host" },
+	{ "mariadb", "read_timeout_s", SERVER_CFG_INT, 0, 1, 3600, NULL, "10",
+	  F(mariadb_read_timeout_s),
+	  "seconds to wait for a reply before the host counts as failed" },
+	{ "mariadb", "write_timeout_s", SERVER_CFG_INT, 0, 1, 3600, NULL, "10",
+	  F(mariadb_write_timeout_s),
+	  "seconds to wait for a write before the host counts as failed" },
+	{ "mariadb", "batch_max_rows", SERVER_CFG_INT, 0, 1, 1000000, NULL,
+	  "20000", F(mariadb_batch_max_rows),
+	  "transfer rows per projection transaction, at most (a transaction "
+	  "holds whole epochs)" },
+
 	{ "snapshot", "dir", SERVER_CFG_PATH, 0, NOLIM, NULL, "data/snap",
 	  F(snapshot_dir),
 	  "snapshot files snap-<epoch>.snap; start-up loads the newest valid "
@@ -220,7 +258,8 @@ is_str_type(enum server_config_type t)
 {
 	return t == SERVER_CFG_PATH || t == SERVER_CFG_ADDR ||
 	       t == SERVER_CFG_CPUS || t == SERVER_CFG_WINDOWS ||
-	       t == SERVER_CFG_IDS;
+	       t == SERVER_CFG_IDS || t == SERVER_CFG_STR ||
+	       t == SERVER_CFG_HOSTS;
 }
 
 /* "" or "0,1,3": CPU numbers below 1024, at most 64 of them. */
@@ -292,6 +331,53 @@ server_peak_windows_contain(const struct server_peak_window *w, int n, int m)
 			return true;
 	}
 	return false;
+}
+
+/* Printable, at most 255 bytes, no blank at either end. */
+static bool
+str_valid(const char *v, bool empty_ok)
+{
+	size_t n = strlen(v);
+	if (n == 0)
+		return empty_ok;
+	if (n > 255 || v[0] == ' ' || v[n - 1] == ' ')
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f)
+			return false;
+	return true;
+}
+
+/* "host:port" or "unix:/abs/path", comma separated, 1..8 of them. */
+static bool
+hosts_valid(const char *v)
+{
+	int n = 0;
+	while (*v) {
+		size_t len = strcspn(v, ",");
+		char one[256];
+		if (len == 0 || len >= sizeof(one) || ++n > 8)
+			return false;
+		memcpy(one, v, len);
+		one[len] = '\0';
+		if (strncmp(one, "unix:/", 6) == 0) {
+			if (len - 5 >= sizeof(((struct sockaddr_un *)0)->sun_path))
+				return false;
+		} else {
+			char *colon = strrchr(one, ':');
+			char *end;
+			long port = colon ? strtol(colon + 1, &end, 10) : 0;
+			if (!colon || colon == one || colon[1] == '\0' || *end ||
+			    port < 1 || port > 65535)
+				return false;
+		}
+		v += len;
+		if (*v == ',' && v[1] != '\0')
+			v++;
+		else if (*v != '\0')
+			return false;
+	}
+	return n > 0;
 }
 
 /* "" or "1,2,3": account ids (1 .. 2^64-1), at most 256. */
@@ -386,6 +472,14 @@ describe_allowed(size_t i, char *buf, size_t size)
 	case SERVER_CFG_IDS:
 		snprintf(buf, size, "empty or up to 256 account ids like 1,2,3");
 		break;
+	case SERVER_CFG_STR:
+		snprintf(buf, size, "%stext of at most 255 printable bytes",
+			 (k->flags & SERVER_CFG_EMPTY_OK) ? "empty or " : "");
+		break;
+	case SERVER_CFG_HOSTS:
+		snprintf(buf, size, "1 to 8 servers like 127.0.0.1:3306 or "
+			 "unix:/run/mysqld/mysqld.sock, comma separated");
+		break;
 	case SERVER_CFG_ADDR:
 		snprintf(buf, size, "%san IPv4 address and port, like "
 			 "127.0.0.1:7070",
@@ -462,8 +556,13 @@ parse_value(server_config *cfg, size_t i, const char *v, const char *dir)
 	case SERVER_CFG_CPUS:
 	case SERVER_CFG_WINDOWS:
 	case SERVER_CFG_IDS:
+	case SERVER_CFG_STR:
+	case SERVER_CFG_HOSTS:
 	case SERVER_CFG_ADDR: {
-		bool ok = k->type == SERVER_CFG_CPUS	? cpus_valid(v)
+		bool ok = k->type == SERVER_CFG_STR
+				  ? str_valid(v, (k->flags & SERVER_CFG_EMPTY_OK) != 0)
+			  : k->type == SERVER_CFG_HOSTS ? hosts_valid(v)
+			  : k->type == SERVER_CFG_CPUS	? cpus_valid(v)
 			  : k->type == SERVER_CFG_WINDOWS ? server_peak_windows_parse(v, NULL) >= 0
 			  : k->type == SERVER_CFG_IDS	? ids_valid(v)
 			  : v[0] == '\0' ? (k->flags & SERVER_CFG_EMPTY_OK) != 0
@@ -781,7 +880,13 @@ server_config_format(const server_config *cfg, size_t i, char *buf,
 	case SERVER_CFG_CPUS:
 	case SERVER_CFG_WINDOWS:
 	case SERVER_CFG_IDS:
-		n = snprintf(buf, size, "%s", *field_str(c, i));
+	case SERVER_CFG_STR:
+	case SERVER_CFG_HOSTS:
+		/* A secret is never printed, only whether it is set. */
+		n = snprintf(buf, size, "%s",
+			     (keys[i].flags & SERVER_CFG_SECRET) && **field_str(c, i)
+				     ? "(hidden)"
+				     : *field_str(c, i));
 		break;
 	}
 	DOVE_ASSERT(n >= 0);

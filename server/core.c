@@ -1009,112 +1009,13 @@ flush_all(struct core *k)
 
 /* ---- snapshots ----------------------------------------------------------------- */
 
-struct snap_put {
-	store_snap_writer *w;
-	uint64_t n;
-	int rc;
-};
-
-static void
-put_account(void *arg, const struct settle_account *a)
-{
-	struct snap_put *p = arg;
-	if (p->rc == 0)
-		p->rc = store_snap_put(p->w, a, sizeof(*a));
-	p->n++;
-}
-
-static void
-put_id(void *arg, const struct settle_seq_id *e)
-{
-	struct snap_put *p = arg;
-	if (p->rc == 0)
-		p->rc = store_snap_put(p->w, e, sizeof(*e));
-	p->n++;
-}
-
-/* The snapshot's extra section (docs/snapshot-format.md): peak, the hot
- * accounts not hot by their flag, the open buffers. */
-#define SNAP_HOT_MAGIC 0x31544f48u /* "HOT1" */
-struct snap_hot_head {
-	uint32_t magic, peak, nhot, nbuf;
-};
-struct snap_hot {
-	uint64_t id;
-	uint32_t reason, pad;
-};
-_Static_assert(sizeof(struct settle_buffer) == 32, "snapshot buffer record");
-
-struct hot_put {
-	struct snap_put *p;
-	uint32_t n;
-};
-
-static void
-count_hot(void *arg, uint64_t id, uint32_t reason)
-{
-	(void)id;
-	if (reason != SETTLE_HOT_FLAG)
-		((struct hot_put *)arg)->n++;
-}
-
-static void
-put_hot(void *arg, uint64_t id, uint32_t reason)
-{
-	struct hot_put *h = arg;
-	struct snap_hot e = { id, reason, 0 };
-	if (reason != SETTLE_HOT_FLAG && h->p->rc == 0)
-		h->p->rc = store_snap_put(h->p->w, &e, sizeof(e));
-}
-
-static void
-count_buf(void *arg, const struct settle_buffer *b)
-{
-	(void)b;
-	((struct hot_put *)arg)->n++;
-}
-
-static void
-put_buf(void *arg, const struct settle_buffer *b)
-{
-	struct snap_put *p = arg;
-	if (p->rc == 0)
-		p->rc = store_snap_put(p->w, b, sizeof(*b));
-}
-
 /* Write the state as of k->last_epoch. Used by the forked child and, at
  * a clean stop, in-process. Returns 0 or -errno. */
 static int
 snapshot_write(struct core *k, const char *dir)
 {
-	store_snap_writer *w;
-	int rc = store_snap_begin(dir, k->last_epoch, k->next_lsn, &w);
-	if (rc != 0)
-		return rc;
-	struct snap_put accounts = { w, 0, 0 }, ids = { w, 0, 0 };
-	settle_ledger_foreach(k->ledger, settle_seq_span(k->seq), -1, 1,
-			      put_account, &accounts);
-	settle_seq_foreach_settled(k->seq, put_id, &ids);
-	struct hot_put nhot = { NULL, 0 }, nbuf = { NULL, 0 };
-	settle_seq_foreach_hot(k->seq, count_hot, &nhot);
-	settle_ledger_foreach_buffer(k->ledger, count_buf, &nbuf);
-	struct snap_hot_head head = { SNAP_HOT_MAGIC,
-				      settle_seq_peak(k->seq), nhot.n, nbuf.n };
-	struct snap_put extra = { w, 0, 0 };
-	extra.rc = store_snap_put(w, &head, sizeof(head));
-	struct hot_put hp = { &extra, 0 };
-	settle_seq_foreach_hot(k->seq, put_hot, &hp);
-	settle_ledger_foreach_buffer(k->ledger, put_buf, &extra);
-	rc = accounts.rc ? accounts.rc : ids.rc ? ids.rc : extra.rc;
-	if (rc != 0) {
-		store_snap_abort(w);
-		return rc;
-	}
-	return store_snap_commit(w, accounts.n, ids.n,
-				 sizeof(head) + (uint64_t)nhot.n *
-							sizeof(struct snap_hot) +
-					 (uint64_t)nbuf.n *
-						 sizeof(struct settle_buffer));
+	return store_snap_write_state(dir, k->last_epoch, k->next_lsn, k->seq,
+				      k->ledger);
 }
 
 /* Take the wanted snapshot if the log is quiet: nothing staged or in
@@ -2087,39 +1988,6 @@ listen_tcp(const char *addr)
 	return fd;
 }
 
-/* Peak, the hot set and the open buffers from a snapshot's extra
- * section. 0, -EINVAL (malformed) or what a restore said. */
-static int
-restore_hot(struct core *k, const void *data, uint64_t len)
-{
-	struct snap_hot_head h;
-	if (len < sizeof(h))
-		return -EINVAL;
-	memcpy(&h, data, sizeof(h));
-	if (h.magic != SNAP_HOT_MAGIC || h.peak > 1 ||
-	    len != sizeof(h) + (uint64_t)h.nhot * sizeof(struct snap_hot) +
-			   (uint64_t)h.nbuf * sizeof(struct settle_buffer))
-		return -EINVAL;
-	settle_seq_restore_peak(k->seq, h.peak != 0);
-	settle_ledger_restore_peak(k->ledger, h.peak != 0);
-	const char *p = (const char *)data + sizeof(h);
-	int rc = 0;
-	for (uint32_t i = 0; rc == 0 && i < h.nhot; i++, p += sizeof(struct snap_hot)) {
-		struct snap_hot e;
-		memcpy(&e, p, sizeof(e));
-		rc = settle_seq_restore_hot(k->seq, e.id, e.reason);
-	}
-	for (uint32_t i = 0; rc == 0 && i < h.nbuf;
-	     i++, p += sizeof(struct settle_buffer)) {
-		struct settle_buffer b;
-		memcpy(&b, p, sizeof(b));
-		/* Indexes are not kept across a restore: look it up. */
-		b.ix = settle_seq_account_ix(k->seq, b.account);
-		rc = settle_ledger_restore_buffer(k->ledger, &b);
-	}
-	return rc;
-}
-
 /* Restore the newest valid snapshot, if any; *from = first epoch to
  * replay. 0, or an error (logged). */
 static int
@@ -2134,27 +2002,13 @@ load_snapshot(struct core *k, const server_config *cfg, uint64_t *from)
 	}
 	if (got == 0)
 		return 0;
-	int rc = 0;
-	for (uint64_t i = 0; rc == 0 && i < snap.accounts; i++) {
-		struct settle_account a;
-		memcpy(&a, (const char *)snap.account_data + i * sizeof(a),
-		       sizeof(a));
-		uint32_t ix;
-		rc = settle_seq_restore_account(
-			k->seq, a.id, a.flags & ~(uint32_t)SETTLE_ACCOUNT_HOT_NOW,
-			&ix);
-		if (rc == 0)
-			rc = settle_ledger_restore(k->ledger, ix, &a);
-		if (rc == 0)
-			k->shard_accounts[settle_shard_of(a.id, k->nshards)]++;
+	int rc = store_snap_restore(&snap, k->seq, k->ledger);
+	/* Per-shard account counts for stats. */
+	for (uint32_t ix = 0; rc == 0 && ix < settle_seq_span(k->seq); ix++) {
+		const struct settle_account *a = settle_ledger_at(k->ledger, ix);
+		if (a != NULL)
+			k->shard_accounts[settle_shard_of(a->id, k->nshards)]++;
 	}
-	for (uint64_t i = 0; rc == 0 && i < snap.ids; i++) {
-		struct settle_seq_id e;
-		memcpy(&e, (const char *)snap.id_data + i * sizeof(e), sizeof(e));
-		rc = settle_seq_restore_id(k->seq, &e);
-	}
-	if (rc == 0 && snap.extra_bytes > 0)
-		rc = restore_hot(k, snap.extra_data, snap.extra_bytes);
 	if (rc != 0) {
 		DOVE_ERROR("snapshot %s (%llu accounts, %llu ids) does not fit: "
 			   "%s; raise [settle] accounts_max / dedup_window",

@@ -30,12 +30,15 @@ enum server_config_type {
 	SERVER_CFG_CPUS, /* "0,1,3": CPU numbers, or empty */
 	SERVER_CFG_WINDOWS, /* "11:00-13:30,22:00-02:00": local times, or empty */
 	SERVER_CFG_IDS,     /* "1,2,3": account ids, or empty */
+	SERVER_CFG_STR,     /* free text (printable, no blanks at the ends) */
+	SERVER_CFG_HOSTS,   /* "host:port,unix:/path": MariaDB servers */
 };
 
 /* Flags of a key. */
 #define SERVER_CFG_LIVE 0x1u      /* a reload applies it at once */
 #define SERVER_CFG_EMPTY_OK 0x2u  /* PATH: "" is allowed (means "none") */
 #define SERVER_CFG_SOCKPATH 0x4u  /* PATH: must fit sockaddr_un.sun_path */
+#define SERVER_CFG_SECRET 0x8u    /* never printed: "(hidden)" when set */
 
 struct server_config_key {
 	const char *section;
@@ -93,6 +96,20 @@ typedef struct server_config {
 	int64_t hot_merge_max;
 	int64_t hot_max_accounts;
 	int64_t hot_history;
+
+	/* [store] */
+	int64_t store_backend; /* 0 file, 1 mariadb */
+
+	/* [mariadb] */
+	char *mariadb_hosts;
+	char *mariadb_user;
+	char *mariadb_password;
+	char *mariadb_password_file;
+	char *mariadb_database;
+	int64_t mariadb_connect_timeout_s;
+	int64_t mariadb_read_timeout_s;
+	int64_t mariadb_write_timeout_s;
+	int64_t mariadb_batch_max_rows;
 
 	/* [snapshot] */
 	char *snapshot_dir;

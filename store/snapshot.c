@@ -351,3 +351,169 @@ store_snap_prune(const char *dir, uint32_t keep)
 	}
 	return deleted;
 }
+
+struct snap_put {
+	store_snap_writer *w;
+	uint64_t n;
+	int rc;
+};
+
+static void
+put_account(void *arg, const struct settle_account *a)
+{
+	struct snap_put *p = arg;
+	if (p->rc == 0)
+		p->rc = store_snap_put(p->w, a, sizeof(*a));
+	p->n++;
+}
+
+static void
+put_id(void *arg, const struct settle_seq_id *e)
+{
+	struct snap_put *p = arg;
+	if (p->rc == 0)
+		p->rc = store_snap_put(p->w, e, sizeof(*e));
+	p->n++;
+}
+
+/* ---- the settlement state in a snapshot ---------------------------------- */
+
+/* The extra section (docs/snapshot-format.md): peak, the hot accounts not
+ * hot by their flag, the open buffers. */
+#define SNAP_HOT_MAGIC 0x31544f48u /* "HOT1" */
+struct snap_hot_head {
+	uint32_t magic, peak, nhot, nbuf;
+};
+struct snap_hot {
+	uint64_t id;
+	uint32_t reason, pad;
+};
+_Static_assert(sizeof(struct settle_buffer) == 32, "snapshot buffer record");
+
+struct hot_put {
+	struct snap_put *p;
+	uint32_t n;
+};
+
+static void
+count_hot(void *arg, uint64_t id, uint32_t reason)
+{
+	(void)id;
+	if (reason != SETTLE_HOT_FLAG)
+		((struct hot_put *)arg)->n++;
+}
+
+static void
+put_hot(void *arg, uint64_t id, uint32_t reason)
+{
+	struct hot_put *h = arg;
+	struct snap_hot e = { id, reason, 0 };
+	if (reason != SETTLE_HOT_FLAG && h->p->rc == 0)
+		h->p->rc = store_snap_put(h->p->w, &e, sizeof(e));
+}
+
+static void
+count_buf(void *arg, const struct settle_buffer *b)
+{
+	(void)b;
+	((struct hot_put *)arg)->n++;
+}
+
+static void
+put_buf(void *arg, const struct settle_buffer *b)
+{
+	struct snap_put *p = arg;
+	if (p->rc == 0)
+		p->rc = store_snap_put(p->w, b, sizeof(*b));
+}
+
+int
+store_snap_write_state(const char *dir, uint64_t epoch, uint64_t next_lsn,
+		       const settle_seq *q, const settle_ledger *l)
+{
+	store_snap_writer *w;
+	int rc = store_snap_begin(dir, epoch, next_lsn, &w);
+	if (rc != 0)
+		return rc;
+	struct snap_put accounts = { w, 0, 0 }, ids = { w, 0, 0 };
+	settle_ledger_foreach(l, settle_seq_span(q), -1, 1,
+			      put_account, &accounts);
+	settle_seq_foreach_settled(q, put_id, &ids);
+	struct hot_put nhot = { NULL, 0 }, nbuf = { NULL, 0 };
+	settle_seq_foreach_hot(q, count_hot, &nhot);
+	settle_ledger_foreach_buffer(l, count_buf, &nbuf);
+	struct snap_hot_head head = { SNAP_HOT_MAGIC,
+				      settle_seq_peak(q), nhot.n, nbuf.n };
+	struct snap_put extra = { w, 0, 0 };
+	extra.rc = store_snap_put(w, &head, sizeof(head));
+	struct hot_put hp = { &extra, 0 };
+	settle_seq_foreach_hot(q, put_hot, &hp);
+	settle_ledger_foreach_buffer(l, put_buf, &extra);
+	rc = accounts.rc ? accounts.rc : ids.rc ? ids.rc : extra.rc;
+	if (rc != 0) {
+		store_snap_abort(w);
+		return rc;
+	}
+	return store_snap_commit(w, accounts.n, ids.n,
+				 sizeof(head) + (uint64_t)nhot.n *
+							sizeof(struct snap_hot) +
+					 (uint64_t)nbuf.n *
+						 sizeof(struct settle_buffer));
+}
+
+/* Peak, the hot set and the open buffers from a snapshot's extra
+ * section. 0, -EINVAL (malformed) or what a restore said. */
+static int
+restore_hot(settle_seq *q, settle_ledger *l, const void *data, uint64_t len)
+{
+	struct snap_hot_head h;
+	if (len < sizeof(h))
+		return -EINVAL;
+	memcpy(&h, data, sizeof(h));
+	if (h.magic != SNAP_HOT_MAGIC || h.peak > 1 ||
+	    len != sizeof(h) + (uint64_t)h.nhot * sizeof(struct snap_hot) +
+			   (uint64_t)h.nbuf * sizeof(struct settle_buffer))
+		return -EINVAL;
+	settle_seq_restore_peak(q, h.peak != 0);
+	settle_ledger_restore_peak(l, h.peak != 0);
+	const char *p = (const char *)data + sizeof(h);
+	int rc = 0;
+	for (uint32_t i = 0; rc == 0 && i < h.nhot; i++, p += sizeof(struct snap_hot)) {
+		struct snap_hot e;
+		memcpy(&e, p, sizeof(e));
+		rc = settle_seq_restore_hot(q, e.id, e.reason);
+	}
+	for (uint32_t i = 0; rc == 0 && i < h.nbuf;
+	     i++, p += sizeof(struct settle_buffer)) {
+		struct settle_buffer b;
+		memcpy(&b, p, sizeof(b));
+		/* Indexes are not kept across a restore: look it up. */
+		b.ix = settle_seq_account_ix(q, b.account);
+		rc = settle_ledger_restore_buffer(l, &b);
+	}
+	return rc;
+}
+
+int
+store_snap_restore(const struct store_snap *snap, settle_seq *q, settle_ledger *l)
+{
+	int rc = 0;
+	for (uint64_t i = 0; rc == 0 && i < snap->accounts; i++) {
+		struct settle_account a;
+		memcpy(&a, (const char *)snap->account_data + i * sizeof(a),
+		       sizeof(a));
+		uint32_t ix;
+		rc = settle_seq_restore_account(
+			q, a.id, a.flags & ~(uint32_t)SETTLE_ACCOUNT_HOT_NOW, &ix);
+		if (rc == 0)
+			rc = settle_ledger_restore(l, ix, &a);
+	}
+	for (uint64_t i = 0; rc == 0 && i < snap->ids; i++) {
+		struct settle_seq_id e;
+		memcpy(&e, (const char *)snap->id_data + i * sizeof(e), sizeof(e));
+		rc = settle_seq_restore_id(q, &e);
+	}
+	if (rc == 0 && snap->extra_bytes > 0)
+		rc = restore_hot(q, l, snap->extra_data, snap->extra_bytes);
+	return rc;
+}

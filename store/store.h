@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "settle.h"
+
 /*
  * Create directory path and any missing parents (mkdir -p) with mode.
  * An existing directory is fine; an existing non-directory anywhere on the
@@ -236,6 +238,16 @@ struct store_snap {
  */
 int store_snap_load_newest(const char *dir, struct store_snap *out);
 void store_snap_release(struct store_snap *s);
+
+/* The whole settlement state (ledger, settled ids, peak, hot set, open
+ * buffers) of q and l as of epoch, as one snapshot file. 0 or -errno.
+ * Only static buffers and system calls: safe in a forked child. */
+int store_snap_write_state(const char *dir, uint64_t epoch, uint64_t next_lsn,
+			   const settle_seq *q, const settle_ledger *l);
+/* Put a loaded snapshot into an empty sequencer and ledger. 0, -ENOSPC
+ * (it does not fit their capacities) or -EINVAL (malformed). */
+int store_snap_restore(const struct store_snap *snap, settle_seq *q,
+		       settle_ledger *l);
 
 /* Delete all but the `keep` newest snapshots (and stale temporaries).
  * Returns how many were deleted. */
