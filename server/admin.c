@@ -161,6 +161,8 @@ cmd_status(struct admin_client *c, const char *arg, struct json_buf *j)
 	json_key(j, "epochs_since_start");
 	json_u64(j, ws.epochs);
 	json_obj_end(j);
+	json_key(j, "store");
+	server_core_store_lag_json(j);
 	json_obj_end(j);
 	urcu_memb_read_unlock();
 }
@@ -282,6 +284,13 @@ cmd_merge(struct admin_client *c, const char *arg, struct json_buf *j)
 }
 
 static void
+cmd_store(struct admin_client *c, const char *arg, struct json_buf *j)
+{
+	(void)c;
+	server_core_store_json(arg, j);
+}
+
+static void
 cmd_history(struct admin_client *c, const char *arg, struct json_buf *j)
 {
 	(void)c;
@@ -307,6 +316,7 @@ static const struct {
 	{ "hot", ARG_MAYBE, cmd_hot },
 	{ "merge", ARG_MAYBE, cmd_merge },
 	{ "history", ARG_NEEDED, cmd_history },
+	{ "store", ARG_MAYBE, cmd_store },
 };
 
 static void
@@ -350,7 +360,7 @@ handle_line(struct admin_client *c, char *line, size_t len)
 		 "unknown command '%.*s' (commands: status, config, reload, "
 		 "shutdown, stats, account ID, verify, snapshot, peak "
 		 "[on|off|auto], hot [add|del ID], merge [ID], history ID "
-		 "[--limit N])",
+		 "[--limit N], store [failback|verify])",
 		 (int)(vl > 64 ? 64 : vl), line);
 	reply_error(c, msg);
 }

@@ -173,6 +173,9 @@ struct core {
 	settle_sketch *sketch;
 	bool auto_on;            /* [hot] auto_threshold > 0 */
 	struct journal *journal;
+	store_projection *proj; /* [store] backend = mariadb, else NULL */
+	uint64_t epoch_ns[4096]; /* wall clock each epoch ran, by epoch % 4096:
+				    the projection's lag in seconds */
 	uint64_t merges, merged_postings;
 	uint64_t realtime_postings, buffered_postings;
 	uint64_t hot_updates; /* balance updates of hot accounts */
@@ -924,6 +927,9 @@ run_epoch(struct core *k, uint64_t first, uint32_t count, uint64_t epoch,
 		ring_event_wait(&k->ev_done, done_ready, k, &wait, -1);
 	}
 	account_epoch(k, first, count, epoch, time_ns);
+	k->epoch_ns[epoch % 4096] = wall_ns();
+	if (k->proj)
+		store_projection_advance(k->proj, epoch);
 	k->epochs_run++;
 	k->records_run += count;
 	k->last_epoch = epoch;
@@ -1101,8 +1107,16 @@ snapshot_done(struct core *k, uint64_t epoch)
 	keep = (uint32_t)server_config_get()->snapshot_keep;
 	snprintf(dir, sizeof(dir), "%s", server_config_get()->snapshot_dir);
 	urcu_memb_read_unlock();
-	store_snap_prune(dir, keep);
-	int rc = store_wal_retire(k->wal, epoch + 1);
+	/* The projection rebuilds from the newest snapshot at or below its
+	 * applied_epoch and replays the log from there: keep both. */
+	uint64_t base = epoch;
+	if (k->proj) {
+		struct store_projection_stats ps;
+		store_projection_stats_get(k->proj, &ps);
+		base = store_snap_newest_upto(dir, ps.applied_epoch);
+	}
+	store_snap_prune_base(dir, keep, base);
+	int rc = store_wal_retire(k->wal, base + 1);
 	DOVE_INFO("snapshot of epoch %llu written; %d WAL segment(s) retired",
 		  (unsigned long long)epoch, rc < 0 ? 0 : rc);
 }
@@ -1642,6 +1656,119 @@ server_core_merge_json(const char *arg, struct json_buf *j)
 }
 
 void
+server_core_store_lag_json(struct json_buf *j)
+{
+	struct core *k = the_core;
+	json_obj_begin(j);
+	json_key(j, "backend");
+	json_str(j, k && k->proj ? "mariadb" : "file");
+	if (k && k->proj) {
+		struct store_projection_stats ps;
+		store_projection_stats_get(k->proj, &ps);
+		uint64_t lag = k->last_epoch > ps.applied_epoch
+				       ? k->last_epoch - ps.applied_epoch
+				       : 0;
+		json_key(j, "connected");
+		json_bool(j, ps.connected);
+		json_key(j, "active_host");
+		json_str(j, ps.hosts[ps.active].name);
+		json_key(j, "applied_epoch");
+		json_u64(j, ps.applied_epoch);
+		json_key(j, "lag_epochs");
+		json_u64(j, lag);
+		/* Since the oldest epoch not projected ran (the ring holds the
+		 * last 4096; beyond that, at least that long). */
+		uint64_t first = ps.applied_epoch + 1;
+		uint64_t at = lag == 0 ? 0
+			      : lag < 4096 ? k->epoch_ns[first % 4096]
+					   : k->epoch_ns[(k->last_epoch + 1) % 4096];
+		uint64_t now = wall_ns();
+		json_key(j, "lag_s");
+		json_u64(j, at && now > at ? (now - at) / 1000000000u : 0);
+	}
+	json_obj_end(j);
+}
+
+void
+server_core_store_json(const char *arg, struct json_buf *j)
+{
+	struct core *k = the_core;
+	if (k->proj == NULL)
+		return json_error(j, "[store] backend is file: no projection "
+				     "(set backend = mariadb)");
+	uint64_t asked = 0;
+	if (!strcmp(arg, "failback"))
+		store_projection_failback(k->proj);
+	else if (!strcmp(arg, "verify"))
+		asked = store_projection_verify(k->proj);
+	else if (*arg)
+		return json_error(j, "store takes nothing, failback or verify");
+	struct store_projection_stats ps;
+	store_projection_stats_get(k->proj, &ps);
+	json_obj_begin(j);
+	json_key(j, "lag");
+	server_core_store_lag_json(j);
+	if (asked) {
+		json_key(j, "verify_request");
+		json_u64(j, asked);
+	}
+	json_key(j, "transactions");
+	json_u64(j, ps.transactions);
+	json_key(j, "transfer_rows");
+	json_u64(j, ps.transfers);
+	json_key(j, "account_rows");
+	json_u64(j, ps.account_rows);
+	json_key(j, "failures");
+	json_u64(j, ps.failures);
+	json_key(j, "hosts");
+	json_arr_begin(j);
+	for (uint32_t i = 0; i < ps.nhosts; i++) {
+		json_obj_begin(j);
+		json_key(j, "host");
+		json_str(j, ps.hosts[i].name);
+		json_key(j, "state");
+		json_str(j, ps.hosts[i].state);
+		json_key(j, "applied_epoch");
+		json_u64(j, ps.hosts[i].applied_epoch);
+		json_key(j, "lag_epochs");
+		json_u64(j, k->last_epoch > ps.hosts[i].applied_epoch
+				    ? k->last_epoch - ps.hosts[i].applied_epoch
+				    : 0);
+		json_key(j, "error");
+		json_str(j, ps.hosts[i].error);
+		json_obj_end(j);
+	}
+	json_arr_end(j);
+	const struct store_projection_verify *v = &ps.verify;
+	json_key(j, "verify");
+	json_obj_begin(j);
+	json_key(j, "asked");
+	json_u64(j, ps.verify_asked);
+	json_key(j, "done");
+	json_u64(j, v->done);
+	json_key(j, "ran");
+	json_bool(j, v->ran);
+	json_key(j, "ok");
+	json_bool(j, v->ok);
+	json_key(j, "as_of_epoch");
+	json_u64(j, v->epoch);
+	json_key(j, "account_rows");
+	json_u64(j, v->account_rows);
+	json_key(j, "ledger_accounts");
+	json_u64(j, v->ledger_accounts);
+	json_key(j, "transfer_rows");
+	json_u64(j, v->transfer_rows);
+	json_key(j, "transfers_projected");
+	json_u64(j, v->transfers_logged);
+	json_key(j, "differences");
+	json_u64(j, v->differences);
+	json_key(j, "first_difference");
+	json_str(j, v->first);
+	json_obj_end(j);
+	json_obj_end(j);
+}
+
+void
 server_core_history_json(const char *arg, struct json_buf *j)
 {
 	struct core *k = the_core;
@@ -1744,6 +1871,8 @@ server_core_stats_json(struct json_buf *j)
 	json_u64(j, k->snaps_taken);
 	json_key(j, "snapshots_failed");
 	json_u64(j, k->snaps_failed);
+	json_key(j, "store");
+	server_core_store_lag_json(j);
 	json_key(j, "peak");
 	json_obj_begin(j);
 	peak_status(k, j);
@@ -2028,6 +2157,53 @@ load_snapshot(struct core *k, const server_config *cfg, uint64_t *from)
 	return 0;
 }
 
+/* [store] backend = mariadb: the writer thread, from where the log is.
+ * Only a config that cannot work stops the start (the password file);
+ * an unreachable or refusing database is the writer's to report and
+ * retry, while settlement goes on. */
+static int
+start_projection(struct core *k, const server_config *cfg)
+{
+	struct store_mariadb_config mc = { 0 };
+	snprintf(mc.hosts, sizeof(mc.hosts), "%s", cfg->mariadb_hosts);
+	snprintf(mc.user, sizeof(mc.user), "%s", cfg->mariadb_user);
+	snprintf(mc.database, sizeof(mc.database), "%s", cfg->mariadb_database);
+	snprintf(mc.password, sizeof(mc.password), "%s", cfg->mariadb_password);
+	if (cfg->mariadb_password_file[0]) {
+		FILE *f = fopen(cfg->mariadb_password_file, "r");
+		if (f == NULL || fgets(mc.password, sizeof(mc.password), f) == NULL) {
+			int e = f ? EIO : errno;
+			DOVE_ERROR("[mariadb] password_file %s: %s",
+				   cfg->mariadb_password_file, dove_strerror(-e));
+			if (f)
+				fclose(f);
+			return -e;
+		}
+		fclose(f);
+		mc.password[strcspn(mc.password, "\r\n")] = '\0';
+	}
+	mc.connect_timeout_s = (int)cfg->mariadb_connect_timeout_s;
+	mc.read_timeout_s = (int)cfg->mariadb_read_timeout_s;
+	mc.write_timeout_s = (int)cfg->mariadb_write_timeout_s;
+	mc.batch_max_rows = (uint64_t)cfg->mariadb_batch_max_rows;
+	snprintf(mc.wal_dir, sizeof(mc.wal_dir), "%s", cfg->wal_dir);
+	snprintf(mc.snapshot_dir, sizeof(mc.snapshot_dir), "%s",
+		 cfg->snapshot_dir);
+	mc.accounts_max = (uint32_t)cfg->settle_accounts_max;
+	mc.dedup_window = (uint32_t)cfg->settle_dedup_window;
+	mc.hot_max = k->hot_max;
+	mc.start_epoch = k->last_epoch;
+	int rc = store_projection_start(&mc, &k->proj);
+	memset(mc.password, 0, sizeof(mc.password));
+	if (rc != 0) {
+		DOVE_ERROR("mariadb projection: %s", dove_strerror(rc));
+		return rc;
+	}
+	DOVE_INFO("store backend mariadb: projecting into %s on %s",
+		  cfg->mariadb_database, cfg->mariadb_hosts);
+	return 0;
+}
+
 static void *
 xcalloc(size_t n, size_t size)
 {
@@ -2185,6 +2361,12 @@ server_core_open(struct server *srv, store_wal *wal)
 			  (unsigned long long)rp.accounts,
 			  (unsigned long long)rp.transfers);
 
+	if (cfg->store_backend == 1) {
+		rc = start_projection(k, cfg);
+		if (rc != 0)
+			return rc;
+	}
+
 	k->wal_ev.fd = store_wal_event_fd(wal);
 	k->wal_ev.fn = on_wal;
 	rc = server_loop_add(&srv->loop, &k->wal_ev, EPOLLIN);
@@ -2269,6 +2451,7 @@ server_core_close(struct server *srv)
 	server_loop_del(&srv->loop, &k->wal_ev);
 	srv->loop.before_wait = NULL;
 	stop_workers(k);
+	store_projection_stop(k->proj);
 	for (uint32_t s = 0; s < k->nshards; s++) {
 		free(k->shard_ops[s]);
 		free(k->shard_where[s]);

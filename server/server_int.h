@@ -113,6 +113,10 @@ void server_core_peak_json(const char *arg, struct json_buf *j);
 void server_core_hot_json(const char *arg, struct json_buf *j);
 void server_core_merge_json(const char *arg, struct json_buf *j);
 void server_core_history_json(const char *arg, struct json_buf *j);
+/* The store: `store`, `store failback`, `store verify`; and the lag
+ * object that status and stats carry. */
+void server_core_store_json(const char *arg, struct json_buf *j);
+void server_core_store_lag_json(struct json_buf *j);
 
 /* ---- pid file --------------------------------------------------------- */
 

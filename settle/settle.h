@@ -464,6 +464,39 @@ uint32_t settle_sketch_estimate(const settle_sketch *s, uint64_t id);
 uint32_t settle_sketch_heavy(const settle_sketch *s, uint64_t *ids,
 			     uint32_t max);
 
+/* ---- a whole state machine on one thread (settle/engine.c) --------------- */
+
+/*
+ * The sequencer and a one-shard ledger, fed logged epochs: record by
+ * record (settle_engine_add, in log order), then settle_engine_run. The
+ * sequencer must say LOG to every record (it did when they were logged);
+ * anything else is -DOVE_ECORRUPT and the engine is unusable after it.
+ * Outputs (by record: the op, its result, its balances; the epoch's
+ * batch postings) stay valid until the next add.
+ */
+typedef struct settle_engine settle_engine;
+
+struct settle_engine_out {
+	uint32_t n;
+	const struct settle_op *ops;
+	const uint8_t *results;
+	const struct settle_post *posts;
+	const struct settle_batch *batches;
+	uint32_t nbatches;
+};
+
+int settle_engine_create(uint32_t accounts_max, uint32_t dedup_window,
+			 uint32_t hot_max, uint32_t max_records,
+			 settle_engine **out);
+void settle_engine_destroy(settle_engine *e);
+int settle_engine_add(settle_engine *e, uint16_t type, const void *data,
+		      uint32_t len);
+int settle_engine_run(settle_engine *e, uint64_t epoch, uint64_t first_lsn,
+		      struct settle_engine_out *out);
+/* Its state (to restore a snapshot into, before the first epoch). */
+settle_seq *settle_engine_seq(settle_engine *e);
+settle_ledger *settle_engine_ledger(settle_engine *e);
+
 /* ---- snapshots of the sequencer and the ledger ---------------------------- */
 
 /* One remembered id as a snapshot stores it. */

@@ -278,11 +278,19 @@ snap_check(const unsigned char *p, size_t n, uint64_t epoch,
 int
 store_snap_load_newest(const char *dir, struct store_snap *out)
 {
+	return store_snap_load_upto(dir, UINT64_MAX, out);
+}
+
+int
+store_snap_load_upto(const char *dir, uint64_t max_epoch, struct store_snap *out)
+{
 	uint64_t epochs[256];
 	int n = list_snaps(dir, epochs, 256);
 	if (n < 0)
 		return n;
 	for (int i = 0; i < n; i++) {
+		if (epochs[i] > max_epoch)
+			continue;
 		char path[PATH_MAX];
 		snprintf(path, sizeof(path), "%.4000s/snap-%020" PRIu64 ".snap",
 			 dir, epochs[i]);
@@ -336,13 +344,39 @@ store_snap_release(struct store_snap *s)
 	s->map = NULL;
 }
 
+uint64_t
+store_snap_newest_upto(const char *dir, uint64_t max_epoch)
+{
+	uint64_t epochs[256];
+	int n = list_snaps(dir, epochs, 256);
+	for (int i = 0; i < n; i++)
+		if (epochs[i] <= max_epoch)
+			return epochs[i];
+	return 0;
+}
+
 int
 store_snap_prune(const char *dir, uint32_t keep)
+{
+	return store_snap_prune_base(dir, keep, UINT64_MAX);
+}
+
+int
+store_snap_prune_base(const char *dir, uint32_t keep, uint64_t base)
 {
 	uint64_t epochs[256];
 	int n = list_snaps(dir, epochs, 256);
 	int deleted = 0;
+	bool base_kept = false;
+	for (int i = 0; i < n && i < (int)keep; i++)
+		base_kept |= epochs[i] <= base;
 	for (int i = (int)keep; i < n; i++) {
+		/* The newest one at or below base stays (the projection
+		 * rebuilds from it). */
+		if (!base_kept && epochs[i] <= base) {
+			base_kept = true;
+			continue;
+		}
 		char path[PATH_MAX];
 		snprintf(path, sizeof(path), "%.4000s/snap-%020" PRIu64 ".snap",
 			 dir, epochs[i]);

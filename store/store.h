@@ -119,6 +119,25 @@ int store_wal_scan(const char *dir, uint64_t from_epoch,
 		   void *arg, struct store_wal_scan *scan);
 
 /*
+ * A follower of the log (the MariaDB projection's): reads durable epochs
+ * in order from from_epoch on, segment after segment, as they are
+ * written. It never looks past the epoch the caller says is durable, so
+ * it never meets a half-written one. -ENOENT: from_epoch is not in the
+ * log (retired, or not written yet).
+ */
+typedef struct store_wal_reader store_wal_reader;
+int store_wal_reader_open(const char *dir, uint64_t from_epoch,
+			  store_wal_reader **out);
+/* Epochs next .. until, each validated (checksum, numbering), to fn (a
+ * non-zero return stops and is returned). Returns how many were read, or
+ * -errno / -DOVE_ECORRUPT. */
+int store_wal_reader_read(store_wal_reader *r, uint64_t until,
+			  int (*fn)(void *arg, const struct store_wal_epoch *ep),
+			  void *arg);
+uint64_t store_wal_reader_next_epoch(const store_wal_reader *r);
+void store_wal_reader_close(store_wal_reader *r);
+
+/*
  * Open the log in cfg->dir (created if missing): recover (scan; a torn
  * tail is cut off and logged, corruption refuses with file, offset and
  * epoch in err and changes nothing), prepare the segments, start the
@@ -237,6 +256,9 @@ struct store_snap {
  * the directory does not exist), -errno on an I/O error.
  */
 int store_snap_load_newest(const char *dir, struct store_snap *out);
+/* The same among those of epoch <= max_epoch. */
+int store_snap_load_upto(const char *dir, uint64_t max_epoch,
+			 struct store_snap *out);
 void store_snap_release(struct store_snap *s);
 
 /* The whole settlement state (ledger, settled ids, peak, hot set, open
@@ -252,5 +274,75 @@ int store_snap_restore(const struct store_snap *snap, settle_seq *q,
 /* Delete all but the `keep` newest snapshots (and stale temporaries).
  * Returns how many were deleted. */
 int store_snap_prune(const char *dir, uint32_t keep);
+/* The epoch of the newest snapshot file at or below max_epoch (by name),
+ * 0 if none. */
+uint64_t store_snap_newest_upto(const char *dir, uint64_t max_epoch);
+/* The same, but the newest snapshot of epoch <= base is kept too (what a
+ * projection at epoch base would rebuild from). */
+int store_snap_prune_base(const char *dir, uint32_t keep, uint64_t base);
+
+/* ---- the MariaDB projection (store/mariadb.c) ------------------------------ */
+
+#define STORE_HOSTS_MAX 8
+
+struct store_mariadb_config {
+	char hosts[2048];      /* "host:port,unix:/path", failover order */
+	char user[256], password[256], database[256];
+	int connect_timeout_s, read_timeout_s, write_timeout_s;
+	uint64_t batch_max_rows;
+	char wal_dir[PATH_MAX], snapshot_dir[PATH_MAX];
+	uint32_t accounts_max, dedup_window, hot_max; /* the replica's room */
+	uint64_t start_epoch; /* the log is executed through here at start */
+};
+
+struct store_projection_host {
+	char name[256];
+	char state[16];  /* standby, active, failed, refused, stopped */
+	char error[512]; /* the last failure, naming what failed */
+	uint64_t applied_epoch; /* as last seen on it */
+};
+
+struct store_projection_verify {
+	uint64_t done;  /* the request it answers (store_projection_verify) */
+	uint64_t epoch; /* compared as of this epoch */
+	bool ran, ok;
+	uint64_t account_rows, ledger_accounts, transfer_rows,
+		transfers_logged, differences;
+	char first[512]; /* the first difference, or why it could not run */
+};
+
+struct store_projection_stats {
+	uint32_t nhosts, active;
+	bool connected;
+	uint64_t applied_epoch, target_epoch;
+	uint64_t transactions, transfers, account_rows, failures;
+	uint64_t verify_asked;
+	struct store_projection_verify verify;
+	struct store_projection_host hosts[STORE_HOSTS_MAX];
+};
+
+typedef struct store_projection store_projection;
+
+/*
+ * Start the writer thread. It connects to the first host that answers,
+ * creates or migrates the schema (refusing a newer one), reads the host's
+ * applied_epoch, rebuilds its replica of the ledger there (snapshot at or
+ * below it + the log) and projects every epoch after it, in transactions
+ * that move applied_epoch. A failing host (connection, timeout, a refused
+ * write, read-only) is left for the next; nothing here ever blocks the
+ * caller. Returns 0 or -errno (nothing started).
+ */
+int store_projection_start(const struct store_mariadb_config *cfg,
+			   store_projection **out);
+void store_projection_stop(store_projection *p);
+/* The log is durable and executed through epoch: project up to it. */
+void store_projection_advance(store_projection *p, uint64_t epoch);
+/* Go back to the first host (it stays on the current one otherwise). */
+void store_projection_failback(store_projection *p);
+/* Ask for a comparison of MariaDB with the replica (at applied_epoch);
+ * returns the request number that stats.verify.done reaches when done. */
+uint64_t store_projection_verify(store_projection *p);
+void store_projection_stats_get(store_projection *p,
+				struct store_projection_stats *st);
 
 #endif /* STORE_H */

@@ -43,6 +43,9 @@ usage(FILE *f)
 		"  merge [ID] merge every hot buffer (or one account's) now\n"
 		"  history ID [--limit N]  an account's recent journal entries\n"
 		"             (in-memory window, newest first)\n"
+		"  store [failback|verify]  the MariaDB projection: hosts, the\n"
+		"             active one, lag; go back to the first host; compare\n"
+		"             MariaDB with the ledger (waits; exit 1 if they differ)\n"
 		"  raw CMD..  send CMD as it is, print the reply\n"
 		"\n"
 		"  -s, --socket PATH   admin socket (default: $DOVE_ADMIN_SOCKET, else\n"
@@ -323,7 +326,8 @@ main(int argc, char **argv)
 		}
 		snprintf(cmd, sizeof(cmd), "account %s", argv[optind + 1]);
 	} else if (!strcmp(verb, "peak") || !strcmp(verb, "hot") ||
-		   !strcmp(verb, "merge") || !strcmp(verb, "history")) {
+		   !strcmp(verb, "merge") || !strcmp(verb, "history") ||
+		   !strcmp(verb, "store")) {
 		/* Arguments are checked by doved, which says what is wrong. */
 		size_t n = (size_t)snprintf(cmd, sizeof(cmd), "%s", verb);
 		for (int i = optind + 1; i < argc && n < sizeof(cmd); i++)
@@ -365,6 +369,38 @@ main(int argc, char **argv)
 		return 3;
 	}
 	char *reply = roundtrip(fd, cmd);
+	/* `store verify` runs in doved's writer thread: wait for its answer
+	 * here, polling, so doved never waits for MariaDB. */
+	const char *asked = reply ? strstr(reply, "\"verify_request\":") : NULL;
+	if (asked && strcmp(cmd, "store verify") == 0) {
+		unsigned long long want = strtoull(asked + 17, NULL, 10);
+		for (int t = 0; t < 1200; t++) {
+			free(reply);
+			reply = roundtrip(fd, "store");
+			const char *d = reply ? strstr(reply, "\"done\":") : NULL;
+			if (d == NULL || strtoull(d + 7, NULL, 10) >= want)
+				break;
+			usleep(100000);
+		}
+		const char *ok = reply ? strstr(reply, "\"verify\":") : NULL;
+		if (ok && !strstr(ok, "\"ok\":true")) {
+			char *v = strdup(ok + 9);
+			v[strlen(v) - 1] = '\0'; /* the outer } */
+			fprintf(stderr, "dovectl: the projection differs from the "
+					"ledger (or could not be read)\n");
+			if (json)
+				printf("%s\n", v);
+			else {
+				struct jp p = { .s = v };
+				value(&p, "verify", stdout);
+			}
+			free(v);
+			free(reply);
+			close(fd);
+			server_config_free(cfg);
+			return 1;
+		}
+	}
 	close(fd);
 	if (reply == NULL) {
 		fprintf(stderr, "dovectl: %s: connection closed without a "

@@ -1,0 +1,295 @@
+/*
+ * check_mariadb.c - the MariaDB projection against a real MariaDB server
+ * (started by tools/test; DOVE_TEST_MARIADB_SOCKET names its socket) and
+ * a real doved: the projection equals the ledger after an O2O workload
+ * with peaks; SIGKILLs in the middle of projecting leave no transfer
+ * missing or twice; a bad configuration names the host and settlement
+ * goes on.
+ */
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static struct dh h;
+static char db[64];
+static const char *sock;
+
+static void
+setup(void)
+{
+	sock = getenv("DOVE_TEST_MARIADB_SOCKET");
+	ck_assert_msg(sock && *sock, "DOVE_TEST_MARIADB_SOCKET is not set: run "
+				     "the suite through tools/test, which starts "
+				     "a private MariaDB");
+	static int n;
+	snprintf(db, sizeof(db), "dove_t%d_%d", (int)getpid(), n++);
+}
+
+static void
+teardown(void)
+{
+	dh_cleanup(&h);
+}
+
+/* Run SQL as root over the socket; the output (tab separated, no
+ * headers) into out. Fails the test on an error. */
+static void
+sql(const char *database, const char *stmt, char *out, size_t size)
+{
+	char cmd[4096];
+	snprintf(cmd, sizeof(cmd),
+		 "mariadb --no-defaults --socket='%s' -uroot -N -B %s -e \"%s\"",
+		 sock, database ? database : "", stmt);
+	int st = dh_run(cmd, out, size);
+	ck_assert_msg(st == 0, "%s: %s", stmt, out);
+}
+
+static unsigned long long
+sql_u64(const char *stmt)
+{
+	char out[256];
+	sql(db, stmt, out, sizeof(out));
+	return strtoull(out, NULL, 10);
+}
+
+/* doved with the MariaDB store on a fresh database. */
+static void
+start_with(const char *extra)
+{
+	char out[1024], cfg[2048];
+	char create[128];
+	snprintf(create, sizeof(create), "CREATE DATABASE %s", db);
+	sql(NULL, create, out, sizeof(out));
+	snprintf(cfg, sizeof(cfg),
+		 "[store]\nbackend = mariadb\n[mariadb]\nhosts = unix:%s\n"
+		 "user = root\ndatabase = %s\nconnect_timeout_s = 1\n%s",
+		 sock, db, extra);
+	dh_init(&h, cfg);
+	dh_start(&h);
+}
+
+/* Wait until the projection has every executed epoch. */
+static void
+caught_up(void)
+{
+	char r[8192] = "";
+	for (int t = 0; t < 600; t++) {
+		dh_admin(&h, "store", r, sizeof(r));
+		if (strstr(r, "\"lag_epochs\":0,") && strstr(r, "\"connected\":true"))
+			return;
+		usleep(50000);
+	}
+	ck_abort_msg("the projection did not catch up: %s", r);
+}
+
+static void
+store_verify_ok(void)
+{
+	char out[8192];
+	char cmd[512];
+	snprintf(cmd, sizeof(cmd), "%s -s %s store verify", DOVECTL_PATH, h.sock);
+	int st = dh_run(cmd, out, sizeof(out));
+	ck_assert_msg(st == 0 && strstr(out, "verify.ok: true") &&
+			      strstr(out, "verify.differences: 0"),
+		      "store verify (exit %d): %s", st, out);
+}
+
+static void
+send_ok(int fd, const char *line)
+{
+	char r[256];
+	ck_assert(dh_cmd_fd(fd, line, r, sizeof(r)));
+	ck_assert_msg(strncmp(r, "OK ", 3) == 0, "%s -> %s", line, r);
+}
+
+/* An O2O workload with a peak, hot accounts and merges: every account's
+ * counters and every transfer in MariaDB, sums balanced, batches there. */
+START_TEST(projection_equals_ledger)
+{
+	start_with("[peak]\nmode = always\n[hot]\naccounts = 2\nmerge_max = 7\nmerge_ms = 3600000\n"
+		   "auto_threshold = 0\n");
+	int fd = dh_ingress(&h);
+	send_ok(fd, "ACCOUNT 1");
+	send_ok(fd, "ACCOUNT 2");               /* escrow, hot by config */
+	send_ok(fd, "ACCOUNT 3 hot");           /* fee */
+	for (int m = 10; m < 20; m++) {
+		char line[64];
+		snprintf(line, sizeof(line), "ACCOUNT %d nonneg", m);
+		send_ok(fd, line);
+	}
+	char hot[4096];
+	for (int t = 0; t < 100; t++) {
+		dh_admin(&h, "hot", hot, sizeof(hot));
+		if (strstr(hot, "\"config\""))
+			break;
+		usleep(20000);
+	}
+	/* pay, settle (linked), withdraw (some refused: nonneg). */
+	char r[256];
+	int transfers = 0;
+	for (int o = 0; o < 300; o++) {
+		char a[96], b[96], c[96];
+		int m = 10 + o % 10;
+		snprintf(a, sizeof(a), "TRANSFER %d 1 2 %d code=1 ref=%d", 1000 + 4 * o,
+			 100 + o, o);
+		snprintf(b, sizeof(b), "TRANSFER %d 2 %d %d code=2 ref=%d linked",
+			 1001 + 4 * o, m, 95 + o, o);
+		snprintf(c, sizeof(c), "TRANSFER %d 2 3 5 code=5 ref=%d", 1002 + 4 * o,
+			 o);
+		send_ok(fd, a);
+		const char *chain[] = { b, c };
+		static char rep[2][256];
+		ck_assert(dh_lines(fd, chain, 2, rep));
+		char w[96];
+		snprintf(w, sizeof(w), "TRANSFER %d %d 1 %d code=4", 1003 + 4 * o, m,
+			 150 + o);
+		ck_assert(dh_cmd_fd(fd, w, r, sizeof(r)));
+		transfers += 4;
+	}
+	close(fd);
+	caught_up();
+	store_verify_ok();
+	/* The SQL a user would write agrees. */
+	ck_assert_uint_eq(sql_u64("SELECT COUNT(*) FROM transfers"), transfers);
+	ck_assert_uint_eq(sql_u64("SELECT SUM(debits_posted) = SUM(credits_posted)"
+				  " + SUM(credits_buffered) FROM accounts"), 1);
+	ck_assert_uint_eq(sql_u64("SELECT COUNT(*) FROM accounts"), 13);
+	ck_assert_uint_ge(sql_u64("SELECT COUNT(*) FROM batches"), 1);
+	ck_assert_uint_ge(sql_u64("SELECT COUNT(*) FROM transfers WHERE "
+				  "status = 'insufficient_funds'"), 1);
+	/* A buffered credit finds the batch that merged it. */
+	ck_assert_uint_ge(sql_u64("SELECT COUNT(*) FROM transfer_batches WHERE "
+				  "batch_lsn IS NOT NULL"), 1);
+	/* BALANCE and the row agree for the fee account. */
+	fd = dh_ingress(&h);
+	ck_assert(dh_cmd_fd(fd, "BALANCE 3", r, sizeof(r)));
+	close(fd);
+	unsigned long long cp, dp, cb;
+	ck_assert_int_eq(sscanf(r, "BAL 3 %llu %llu %llu", &cp, &dp, &cb), 3);
+	ck_assert_uint_eq(sql_u64("SELECT credits_posted FROM accounts WHERE id = 3"),
+			  cp);
+	ck_assert_uint_eq(sql_u64("SELECT credits_buffered FROM accounts WHERE id = 3"),
+			  cb);
+}
+END_TEST
+
+static void
+xfer_line(uint64_t id, char *buf, size_t size)
+{
+	snprintf(buf, size, "TRANSFER %llu 1 2 3", (unsigned long long)id);
+}
+
+/* SIGKILL doved at random moments while it settles and projects; after
+ * every restart the projection goes on from its applied_epoch: no
+ * transfer row missing, none twice. */
+START_TEST(exactly_once_under_sigkill)
+{
+	start_with("[mariadb]\nbatch_max_rows = 300\n");
+	int fd = dh_ingress(&h);
+	send_ok(fd, "ACCOUNT 1");
+	send_ok(fd, "ACCOUNT 2 nonneg");
+	close(fd);
+	static char answered[8000][32];
+	uint64_t next_id = 100;
+	for (int life = 0; life < 6; life++)
+		dh_crash_life(&h, 3, &next_id, 8000, xfer_line, answered,
+			      7u + (unsigned)life * 7919u);
+	caught_up();
+	store_verify_ok();
+	/* Every logged transfer once: as many rows as distinct ids as the
+	 * state's count, and every answered one among them. */
+	unsigned long long rows = sql_u64("SELECT COUNT(*) FROM transfers");
+	ck_assert_uint_eq(sql_u64("SELECT COUNT(DISTINCT id) FROM transfers"), rows);
+	ck_assert_uint_eq(sql_u64("SELECT transfers FROM dove_state"), rows);
+	int ok = 0;
+	for (uint64_t id = 100; id < next_id; id++) {
+		if (answered[id][0] == '\0')
+			continue;
+		ok++;
+		char q[128];
+		snprintf(q, sizeof(q), "SELECT COUNT(*) FROM transfers WHERE id = %llu",
+			 (unsigned long long)id);
+		if (ok % 50 == 0) /* a sample: each query is a process */
+			ck_assert_uint_eq(sql_u64(q), 1);
+	}
+	ck_assert_int_ge(ok, 100);
+	ck_assert_uint_ge(rows, (unsigned long long)ok);
+	/* The ledger: account 2 holds exactly what the rows say. */
+	ck_assert_uint_eq(sql_u64("SELECT credits_posted FROM accounts WHERE id = 2"),
+			  3 * rows);
+}
+END_TEST
+
+/* Wrong password, unknown database, unreachable host: doved starts,
+ * settles on the WAL, and `store` names the host and what failed. */
+START_TEST(bad_config_names_the_host)
+{
+	static const struct {
+		const char *extra, *want;
+		bool unreachable;
+	} cases[] = {
+		{ "password = wrong\n", "Access denied", false },
+		{ "", "Unknown database", false },
+		{ "", "Can't connect", true },
+	};
+	for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char cfg[1024];
+		/* The second case names a database that does not exist. */
+		char hosts[300];
+		snprintf(hosts, sizeof(hosts), cases[i].unreachable
+						       ? "127.0.0.1:1"
+						       : "unix:%s", sock);
+		snprintf(cfg, sizeof(cfg),
+			 "[store]\nbackend = mariadb\n[mariadb]\nhosts = %s\n"
+			 "user = root\ndatabase = %s\nconnect_timeout_s = 1\n%s",
+			 hosts, i == 1 ? "no_such_db" : "mysql", cases[i].extra);
+		dh_init(&h, cfg);
+		dh_start(&h);
+		int fd = dh_ingress(&h);
+		send_ok(fd, "ACCOUNT 1");
+		send_ok(fd, "ACCOUNT 2");
+		send_ok(fd, "TRANSFER 5 1 2 10"); /* settlement goes on */
+		close(fd);
+		char r[8192] = "";
+		for (int t = 0; t < 100 && !strstr(r, "\"failed\""); t++) {
+			dh_admin(&h, "store", r, sizeof(r));
+			usleep(50000);
+		}
+		ck_assert_msg(strstr(r, "\"state\":\"failed\"") &&
+				      strstr(r, cases[i].want) &&
+				      strstr(r, cases[i].unreachable ? "127.0.0.1:1"
+								     : sock),
+			      "case %u: %s", i, r);
+		/* The password is never shown. */
+		dh_admin(&h, "config", r, sizeof(r));
+		ck_assert_msg(!strstr(r, "wrong"), "%s", r);
+		dh_cleanup(&h);
+	}
+}
+END_TEST
+
+static Suite *
+mariadb_suite(void)
+{
+	Suite *s = suite_create("mariadb");
+	TCase *tc = tcase_create("projection");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 180);
+	tcase_add_test(tc, projection_equals_ledger);
+	tcase_add_test(tc, exactly_once_under_sigkill);
+	tcase_add_test(tc, bad_config_names_the_host);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	return dh_run_suite(mariadb_suite());
+}
