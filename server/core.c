@@ -1718,6 +1718,8 @@ server_core_store_json(const char *arg, struct json_buf *j)
 	json_u64(j, ps.transfers);
 	json_key(j, "account_rows");
 	json_u64(j, ps.account_rows);
+	json_key(j, "hot_account_rows");
+	json_u64(j, ps.hot_account_rows);
 	json_key(j, "failures");
 	json_u64(j, ps.failures);
 	json_key(j, "hosts");

@@ -625,6 +625,7 @@ project_batch(store_projection *p, uint64_t target)
 		rc = flush_insert(p, &p->ba);
 	const settle_ledger *l = settle_engine_ledger(p->eng);
 	char d1[48], d2[48], d3[48];
+	uint64_t hot_rows = 0;
 	for (uint32_t i = 0; rc == 0 && i < p->ntouched; i++) {
 		const struct settle_account *a = settle_ledger_at(l, p->touched_ix[i]);
 		if (a == NULL)
@@ -640,6 +641,7 @@ project_batch(store_projection *p, uint64_t target)
 			  dec((settle_i128)a->credits_posted, d2),
 			  dec((settle_i128)a->credits_buffered, d3), p->pos);
 		p->ac.rows++;
+		hot_rows += (a->flags & SETTLE_ACCOUNT_HOT_NOW) != 0;
 		if (p->ac.len > STMT_MAX || i + 1 == p->ntouched) {
 			sb_printf(&p->ac, " ON DUPLICATE KEY UPDATE "
 				  "debits_posted = VALUES(debits_posted), "
@@ -680,6 +682,7 @@ project_batch(store_projection *p, uint64_t target)
 	p->st.transactions++;
 	p->st.transfers += p->tx_transfers;
 	p->st.account_rows += accounts;
+	p->st.hot_account_rows += hot_rows;
 	p->st.hosts[p->host].applied_epoch = p->pos;
 	pthread_mutex_unlock(&p->mu);
 	return 0;

@@ -316,6 +316,7 @@ struct store_projection_stats {
 	bool connected;
 	uint64_t applied_epoch, target_epoch;
 	uint64_t transactions, transfers, account_rows, failures;
+	uint64_t hot_account_rows; /* balance rows of hot accounts written */
 	uint64_t verify_asked;
 	struct store_projection_verify verify;
 	struct store_projection_host hosts[STORE_HOSTS_MAX];
