@@ -202,6 +202,11 @@ static const struct server_config_key keys[] = {
 	  F(wal_max_delay_us),
 	  "wait this long for more records before a commit; 0 = commit as "
 	  "soon as the previous one is done" },
+	{ "wal", "max_disk_mb", SERVER_CFG_INT, SERVER_CFG_LIVE, 0, 1 << 30,
+	  NULL, "0", F(wal_max_disk_mb),
+	  "refuse new work (unavailable) while the log's segments take this "
+	  "many MiB (nothing retired: a lagging projection, no snapshots); "
+	  "0 = no limit" },
 };
 #undef F
 #undef NOLIM

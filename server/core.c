@@ -19,6 +19,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sched.h>
@@ -174,6 +175,7 @@ struct core {
 	bool auto_on;            /* [hot] auto_threshold > 0 */
 	struct journal *journal;
 	store_projection *proj; /* [store] backend = mariadb, else NULL */
+	bool wal_full;           /* [wal] max_disk_mb reached: refuse work */
 	uint64_t epoch_ns[4096]; /* wall clock each epoch ran, by epoch % 4096:
 				    the projection's lag in seconds */
 	uint64_t merges, merged_postings;
@@ -361,6 +363,13 @@ submit_chain(struct core *k, struct conn *c)
 {
 	struct settle_seq_answer ans[CHAIN_MAX];
 	uint32_t n = c->chain_len;
+	if (k->wal_full) { /* the log may not grow: nothing is logged */
+		for (uint32_t i = 0; i < n; i++)
+			slot_ready(slot_at(c, c->chain_slot[i]), c->chain[i].id,
+				   SETTLE_UNAVAILABLE, 0, false);
+		c->chain_len = 0;
+		return;
+	}
 	settle_seq_chain(k->seq, c->chain, n, ans);
 	for (uint32_t i = 0; i < n; i++) {
 		struct slot *s = slot_at(c, c->chain_slot[i]);
@@ -418,6 +427,10 @@ handle_line(struct core *k, struct conn *c, const char *line, size_t len)
 		s->id = r.id;
 		break;
 	case PROTO_ACCOUNT: {
+		if (k->wal_full) {
+			slot_ready(s, r.account.id, SETTLE_UNAVAILABLE, 0, false);
+			break;
+		}
 		struct settle_seq_answer a;
 		settle_seq_account(k->seq, &r.account, &a);
 		answer_seq(s, r.account.id, &a);
@@ -1094,6 +1107,8 @@ server_core_request_snapshot(void)
 	maybe_snapshot(k);
 }
 
+static void check_wal_disk(struct core *k);
+
 /* After a snapshot is on disk: keep `keep` of them, retire the WAL behind
  * the newest. */
 static void
@@ -1119,6 +1134,7 @@ snapshot_done(struct core *k, uint64_t epoch)
 	int rc = store_wal_retire(k->wal, base + 1);
 	DOVE_INFO("snapshot of epoch %llu written; %d WAL segment(s) retired",
 		  (unsigned long long)epoch, rc < 0 ? 0 : rc);
+	check_wal_disk(k);
 }
 
 void
@@ -1276,10 +1292,40 @@ hot_tick(struct core *k, const struct hot_cfg *h, uint64_t now)
 	k->window_start_ns = now;
 }
 
+/* [wal] max_disk_mb: refuse new work rather than fill the disk when
+ * nothing can be retired (a lagging projection, snapshots failing). */
+static void
+check_wal_disk(struct core *k)
+{
+	urcu_memb_read_lock();
+	uint64_t max = (uint64_t)server_config_get()->wal_max_disk_mb;
+	uint64_t seg = (uint64_t)server_config_get()->wal_segment_mb;
+	urcu_memb_read_unlock();
+	struct store_wal_stats ws;
+	store_wal_stats_get(k->wal, &ws);
+	uint64_t used = (uint64_t)ws.segments * seg;
+	bool full = max > 0 && used >= max;
+	if (full != k->wal_full) {
+		if (full)
+			DOVE_ERROR("the WAL holds %" PRIu64 " MiB >= [wal] "
+				   "max_disk_mb %" PRIu64 ": refusing new work "
+				   "(unavailable) until segments can be retired "
+				   "(snapshot epoch %" PRIu64 "%s)",
+				   used, max, k->snap_last_epoch,
+				   k->proj ? "; see `dovectl store` for the "
+					     "projection's lag" : "");
+		else
+			DOVE_INFO("the WAL holds %" PRIu64 " MiB again: accepting "
+				  "work", used);
+	}
+	k->wal_full = full;
+}
+
 static void
 core_tick(struct core *k, uint64_t now)
 {
 	struct hot_cfg h;
+	check_wal_disk(k);
 	hot_cfg_get(&h);
 	settle_seq_set_merge_max(k->seq, (uint64_t)h.merge_max);
 	bool want = peak_wanted(k, &h);
@@ -1875,6 +1921,8 @@ server_core_stats_json(struct json_buf *j)
 	json_u64(j, k->snaps_failed);
 	json_key(j, "store");
 	server_core_store_lag_json(j);
+	json_key(j, "wal_full");
+	json_bool(j, k->wal_full);
 	json_key(j, "peak");
 	json_obj_begin(j);
 	peak_status(k, j);

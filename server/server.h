@@ -122,6 +122,7 @@ typedef struct server_config {
 	int64_t wal_fsync; /* 0 always, 1 never */
 	int64_t wal_max_epoch_kb;
 	int64_t wal_max_delay_us;
+	int64_t wal_max_disk_mb; /* 0 = no limit */
 
 	/* Restart-only keys whose value in the file differs from the running
 	 * one: indices into the key table (server_config_key()). */

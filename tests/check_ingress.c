@@ -682,6 +682,68 @@ START_TEST(snapshot_without_its_log_refuses_start)
 }
 END_TEST
 
+/* [wal] max_disk_mb: when nothing can be retired (no snapshot here), the
+ * log stops growing at the limit: new work is refused `unavailable` and
+ * changes nothing; a snapshot retires segments and work is taken again. */
+START_TEST(wal_disk_limit_refuses_then_recovers)
+{
+	dh_write_config(&h, "[wal]\nsegment_mb = 1\nmax_epoch_kb = 256\nmax_disk_mb = 3\n"
+			    "[snapshot]\nevery_s = 0\n");
+	dh_start(&h);
+	int fd = dh_ingress(&h);
+	char r[256];
+	ck_assert(dh_cmd_fd(fd, "ACCOUNT 1", r, sizeof(r)));
+	ck_assert(dh_cmd_fd(fd, "ACCOUNT 2", r, sizeof(r)));
+	/* ~56 bytes a transfer: 3 MiB is ~55,000; send until refused. */
+	static char lines[500][48];
+	static const char *ptr[500];
+	static char rep[500][256];
+	int id = 1000, refused_at = 0;
+	for (int round = 0; round < 400 && !refused_at; round++) {
+		for (int i = 0; i < 500; i++) {
+			snprintf(lines[i], sizeof(lines[i]), "TRANSFER %d 1 2 1", id + i);
+			ptr[i] = lines[i];
+		}
+		ck_assert(dh_lines(fd, ptr, 500, rep));
+		for (int i = 0; i < 500; i++) {
+			if (strstr(rep[i], "unavailable") && !refused_at)
+				refused_at = id + i;
+			else if (refused_at)
+				ck_assert_msg(strstr(rep[i], "unavailable"),
+					      "after the limit: %s", rep[i]);
+		}
+		id += 500;
+		usleep(20000); /* the limit is checked 10 times a second */
+	}
+	ck_assert_msg(refused_at > 0, "never refused after %d transfers", id - 1000);
+	char bal[256];
+	ck_assert(dh_cmd_fd(fd, "BALANCE 2", bal, sizeof(bal)));
+	char st[16384];
+	dh_admin(&h, "stats", st, sizeof(st));
+	ck_assert_msg(strstr(st, "\"wal_full\":true"), "%s", st);
+	/* Refused work changed nothing. */
+	ck_assert(dh_cmd_fd(fd, "TRANSFER 999999 1 2 1", r, sizeof(r)));
+	ck_assert_str_eq(r, "ERR 999999 unavailable");
+	ck_assert(dh_cmd_fd(fd, "BALANCE 2", r, sizeof(r)));
+	ck_assert_str_eq(r, bal);
+	/* A snapshot lets the log retire: work is taken again. */
+	dh_admin(&h, "snapshot", st, sizeof(st));
+	for (int t = 0; t < 200; t++) {
+		dh_admin(&h, "stats", st, sizeof(st));
+		if (strstr(st, "\"wal_full\":false"))
+			break;
+		usleep(20000);
+	}
+	ck_assert_msg(strstr(st, "\"wal_full\":false"), "%s", st);
+	ck_assert(dh_cmd_fd(fd, "TRANSFER 999999 1 2 1", r, sizeof(r)));
+	ck_assert_msg(strncmp(r, "OK 999999 ", 10) == 0, "%s", r);
+	close(fd);
+	static char log[1 << 16];
+	dh_read_file(h.log, log, sizeof(log));
+	ck_assert_msg(strstr(log, "max_disk_mb 3: refusing new work"), "%s", log);
+}
+END_TEST
+
 static Suite *
 ingress_suite(void)
 {
@@ -711,6 +773,11 @@ ingress_suite(void)
 	tcase_add_test(tc, damaged_newest_snapshot_falls_back);
 	tcase_add_test(tc, snapshot_without_its_log_refuses_start);
 	tcase_add_test(tc, kill_during_snapshot_restarts_at_once);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("disk");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, wal_disk_limit_refuses_then_recovers);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("crash");
