@@ -120,16 +120,13 @@ struct trow {
 	uint64_t lsn, id, debit, credit, amount, ref, epoch;
 	uint16_t code;
 	int8_t linked, buffered;
-	char ts[32];
-	unsigned long ts_len;
+	MYSQL_TIME ts; /* binary: the server parses no text for it */
 	char status[24];
 	unsigned long status_len;
-	char dba[48];
-	unsigned long dba_len;
-	char dba_ind;
-	char cba[48];
-	unsigned long cba_len;
-	char cba_ind;
+	/* Balances-after as integers (DECIMAL(39,0) columns take them
+	 * without parsing); a value beyond int64 goes by text instead. */
+	int64_t dba, cba;
+	char dba_ind, cba_ind;
 };
 
 /* A growable text buffer for statements. */
@@ -163,6 +160,7 @@ struct store_projection {
 	uint32_t *touched_ix, ntouched;
 	uint64_t tx_transfers;
 	char ts[32];  /* the epoch's time as DATETIME(6) text */
+	MYSQL_TIME ts_bin; /* ...and as the bulk INSERT binds it */
 
 	/* Shared with readers of stats, under mu. */
 	pthread_mutex_t mu;
@@ -363,15 +361,12 @@ prepare_insert(store_projection *p)
 	b[7] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_TINY, .buffer = &r->linked };
 	b[8] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_LONGLONG,
 			     .buffer = &r->epoch, .is_unsigned = 1 };
-	b[9] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_STRING, .buffer = r->ts,
-			     .length = &r->ts_len };
+	b[9] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_DATETIME, .buffer = &r->ts };
 	b[10] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_STRING,
 			      .buffer = r->status, .length = &r->status_len };
-	b[11] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_STRING, .buffer = r->dba,
-			      .length = &r->dba_len };
+	b[11] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_LONGLONG, .buffer = &r->dba };
 	b[11].u.indicator = &r->dba_ind;
-	b[12] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_STRING, .buffer = r->cba,
-			      .length = &r->cba_len };
+	b[12] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_LONGLONG, .buffer = &r->cba };
 	b[12].u.indicator = &r->cba_ind;
 	b[13] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_TINY,
 			      .buffer = &r->buffered };
@@ -477,6 +472,42 @@ epoch_time(store_projection *p, uint64_t ns)
 	strftime(d, sizeof(d), "%Y-%m-%d %H:%M:%S", &tm);
 	snprintf(p->ts, sizeof(p->ts), "%s.%06u", d,
 		 (unsigned)(ns % 1000000000u / 1000u));
+	p->ts_bin = (MYSQL_TIME){
+		.year = (unsigned)tm.tm_year + 1900, .month = (unsigned)tm.tm_mon + 1,
+		.day = (unsigned)tm.tm_mday, .hour = (unsigned)tm.tm_hour,
+		.minute = (unsigned)tm.tm_min, .second = (unsigned)tm.tm_sec,
+		.second_part = (unsigned long)(ns % 1000000000u / 1000u),
+		.time_type = MYSQL_TIMESTAMP_DATETIME,
+	};
+}
+
+static bool
+fits64(settle_i128 v)
+{
+	return v >= INT64_MIN && v <= INT64_MAX;
+}
+
+/* A transfer whose balance-after does not fit 64 bits (it can happen
+ * only after ~9.2e18 minor units): its row goes in by text. */
+static int
+insert_wide(store_projection *p, const struct settle_op *op,
+	    const char *status, const struct settle_post *ps, bool ok,
+	    uint64_t epoch)
+{
+	char d1[48], d2[48], sql[768];
+	const struct settle_transfer *t = &op->u.transfer;
+	bool cb = ok && !ps->credit_buffered;
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO transfers (lsn, id, debit, credit, amount, code, "
+		 "ref, linked, epoch, ts, status, debit_balance_after, "
+		 "credit_balance_after, buffered) VALUES (%" PRIu64 ",%" PRIu64
+		 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%u,%" PRIu64 ",%d,%" PRIu64
+		 ",'%s','%s',%s,%s,%d)",
+		 op->lsn, t->id, t->debit, t->credit, t->amount, t->code, t->ref,
+		 (t->flags & SETTLE_TRANSFER_LINKED) != 0, epoch, p->ts, status,
+		 ok ? dec(ps->debit_after, d1) : "NULL",
+		 cb ? dec(ps->credit_after, d2) : "NULL", ok && ps->credit_buffered);
+	return qs(p, sql);
 }
 
 /* One epoch through the replica, and (project) its rows into the open
@@ -512,6 +543,22 @@ run_epoch(void *arg, const struct store_wal_epoch *ep)
 		const struct settle_transfer *t = &op->u.transfer;
 		const struct settle_post *ps = &out.posts[i];
 		bool ok = out.results[i] == SETTLE_OK;
+		const char *status =
+			settle_result_name((enum settle_result)out.results[i]);
+		bool cb = ok && !ps->credit_buffered;
+		if ((ok && !fits64(ps->debit_after)) ||
+		    (cb && !fits64(ps->credit_after))) {
+			if (flush_rows(p) != 0 ||
+			    insert_wide(p, op, status, ps, ok, ep->epoch) != 0)
+				return c->rc = -EIO;
+			p->tx_transfers++;
+			if (ok) {
+				touch(p, op->ix);
+				if (!ps->credit_buffered)
+					touch(p, op->credit_ix);
+			}
+			continue;
+		}
 		struct trow *r = &p->rows[p->nrows++];
 		r->lsn = op->lsn;
 		r->id = t->id;
@@ -522,15 +569,14 @@ run_epoch(void *arg, const struct store_wal_epoch *ep)
 		r->ref = t->ref;
 		r->linked = (t->flags & SETTLE_TRANSFER_LINKED) != 0;
 		r->epoch = ep->epoch;
-		r->ts_len = (unsigned long)snprintf(r->ts, sizeof(r->ts), "%s", p->ts);
-		r->status_len = (unsigned long)snprintf(
-			r->status, sizeof(r->status), "%s",
-			settle_result_name((enum settle_result)out.results[i]));
+		r->ts = p->ts_bin;
+		r->status_len = (unsigned long)snprintf(r->status,
+							sizeof(r->status), "%s",
+							status);
 		r->dba_ind = ok ? STMT_INDICATOR_NONE : STMT_INDICATOR_NULL;
-		r->dba_len = ok ? (unsigned long)strlen(dec(ps->debit_after, r->dba)) : 0;
-		bool cb = ok && !ps->credit_buffered;
+		r->dba = ok ? (int64_t)ps->debit_after : 0;
 		r->cba_ind = cb ? STMT_INDICATOR_NONE : STMT_INDICATOR_NULL;
-		r->cba_len = cb ? (unsigned long)strlen(dec(ps->credit_after, r->cba)) : 0;
+		r->cba = cb ? (int64_t)ps->credit_after : 0;
 		r->buffered = ok && ps->credit_buffered;
 		p->tx_transfers++;
 		/* A buffered credit is a transfer row only: its account's
