@@ -426,6 +426,42 @@ START_TEST(failover_to_the_other_master)
 }
 END_TEST
 
+/* A database whose schema is newer than this doved knows is refused
+ * (named in `store`), and nothing is written to it. */
+START_TEST(newer_schema_is_refused)
+{
+	char out[1024], stmt[512];
+	snprintf(stmt, sizeof(stmt),
+		 "CREATE DATABASE %s; CREATE TABLE %s.dove_schema (id TINYINT "
+		 "UNSIGNED NOT NULL PRIMARY KEY, version INT UNSIGNED NOT NULL); "
+		 "INSERT INTO %s.dove_schema VALUES (1, 99)",
+		 db, db, db);
+	sql(NULL, stmt, out, sizeof(out));
+	char cfg[1024];
+	snprintf(cfg, sizeof(cfg),
+		 "[store]\nbackend = mariadb\n[mariadb]\nhosts = unix:%s\n"
+		 "user = root\ndatabase = %s\nconnect_timeout_s = 1\n",
+		 sock, db);
+	dh_init(&h, cfg);
+	dh_start(&h);
+	int fd = dh_ingress(&h);
+	send_ok(fd, "ACCOUNT 1");
+	close(fd);
+	char r[8192] = "";
+	for (int t = 0; t < 100 && !strstr(r, "\"refused\""); t++) {
+		dh_admin(&h, "store", r, sizeof(r));
+		usleep(50000);
+	}
+	ck_assert_msg(strstr(r, "\"state\":\"refused\"") &&
+			      strstr(r, "schema version 99 is newer"),
+		      "%s", r);
+	/* Not touched: no tables of ours were created. */
+	ck_assert_uint_eq(sql_u64("SELECT COUNT(*) FROM information_schema.tables "
+				  "WHERE table_schema = DATABASE()"),
+			  1);
+}
+END_TEST
+
 static Suite *
 mariadb_suite(void)
 {
@@ -436,6 +472,7 @@ mariadb_suite(void)
 	tcase_add_test(tc, projection_equals_ledger);
 	tcase_add_test(tc, exactly_once_under_sigkill);
 	tcase_add_test(tc, bad_config_names_the_host);
+	tcase_add_test(tc, newer_schema_is_refused);
 	tcase_add_test(tc, outage_then_catch_up);
 	tcase_add_test(tc, failover_to_the_other_master);
 	suite_add_tcase(s, tc);
