@@ -115,7 +115,7 @@ static const char *const *const migrations[SCHEMA_VERSION + 1] = {
 
 /* A transfer row for the bulk (array-bound) prepared INSERT: the server
  * parses the statement once per connection, not once per row. */
-#define BULK_ROWS 4096
+#define BULK_ROWS 16384
 struct trow {
 	uint64_t lsn, id, debit, credit, amount, ref, epoch;
 	uint16_t code;
