@@ -832,6 +832,22 @@ nap(store_projection *p, int ms)
 	ring_event_wait(&p->ev, has_work, p, &wait, ms);
 }
 
+static bool
+stopping(void *arg)
+{
+	store_projection *p = arg;
+	return atomic_load(&p->stop) || atomic_load(&p->failback);
+}
+
+/* After a failure: wait ms whatever the work (there is always work when
+ * the projection lags), unless told to stop or fail back. */
+static void
+back_off(store_projection *p, int ms)
+{
+	const struct ring_wait wait = RING_WAIT_DEFAULT;
+	ring_event_wait(&p->ev, stopping, p, &wait, ms);
+}
+
 static void *
 writer_main(void *arg)
 {
@@ -847,7 +863,7 @@ writer_main(void *arg)
 			uint32_t tried = p->host;
 			if (connect_host(p) != 0) {
 				if (p->host <= tried) /* a whole round failed */
-					nap(p, 1000);
+					back_off(p, 1000);
 				continue;
 			}
 			int m = migrate(p);
@@ -865,7 +881,7 @@ writer_main(void *arg)
 				else {
 					drop_conn(p);
 					p->host = (p->host + 1) % p->st.nhosts;
-					nap(p, 1000);
+					back_off(p, 1000);
 				}
 				continue;
 			}
@@ -880,7 +896,7 @@ writer_main(void *arg)
 					   p->st.hosts[p->host].name, msg);
 				host_state(p, p->host, "refused", msg);
 				drop_conn(p);
-				nap(p, 1000);
+				back_off(p, 1000);
 				continue;
 			}
 			/* Catch the replica up to this host, or rebuild it
@@ -895,11 +911,21 @@ writer_main(void *arg)
 				rc = rc < 0 ? rc : p->pos == applied ? 0 : -EIO;
 			}
 			if (rc != 0) {
-				DOVE_ERROR("mariadb: cannot rebuild the projection at "
-					   "epoch %" PRIu64 ": %s",
-					   applied, dove_strerror(rc));
+				char msg[256];
+				snprintf(msg, sizeof(msg),
+					 "cannot rebuild the projection at epoch %"
+					 PRIu64 ": %s", applied, dove_strerror(rc));
+				DOVE_ERROR("mariadb %s: %s", p->st.hosts[p->host].name,
+					   msg);
+				host_state(p, p->host, "stopped", msg);
+				/* A half-built replica is no replica: the next
+				 * attempt starts from scratch. */
+				settle_engine_destroy(p->eng);
+				p->eng = NULL;
+				store_wal_reader_close(p->reader);
+				p->reader = NULL;
 				drop_conn(p);
-				nap(p, 1000);
+				back_off(p, 5000);
 				continue;
 			}
 			DOVE_INFO("mariadb %s: connected; projecting from epoch "

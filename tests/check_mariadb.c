@@ -462,6 +462,57 @@ START_TEST(newer_schema_is_refused)
 }
 END_TEST
 
+/* The database is emptied after the log it needs was retired behind a
+ * snapshot: the projection cannot rebuild; it says so (naming the
+ * epoch) instead of writing a partial history, and doved settles on. */
+START_TEST(lost_database_cannot_be_rebuilt)
+{
+	start_with("[wal]\nsegment_mb = 1\nmax_epoch_kb = 256\n");
+	int fd = dh_ingress(&h);
+	send_ok(fd, "ACCOUNT 1");
+	send_ok(fd, "ACCOUNT 2");
+	close(fd);
+	/* 30,000 transfers, pipelined: more than two 1 MiB segments. */
+	fd = dh_ingress(&h);
+	static char lines[500][48];
+	static const char *ptr[500];
+	static char rep[500][256];
+	for (int round = 0; round < 60; round++) {
+		for (int i = 0; i < 500; i++) {
+			snprintf(lines[i], sizeof(lines[i]), "TRANSFER %d 1 2 1",
+				 1000 + round * 500 + i);
+			ptr[i] = lines[i];
+		}
+		ck_assert(dh_lines(fd, ptr, 500, rep));
+	}
+	close(fd);
+	caught_up();
+	/* A clean stop snapshots; everything is projected, so the log
+	 * behind the snapshot is retired. */
+	kill(h.pid, SIGTERM);
+	ck_assert_int_eq(dh_wait(h.pid, 10000), 0);
+	h.pid = 0;
+	char out[256], stmt[256];
+	snprintf(stmt, sizeof(stmt), "DROP DATABASE %s; CREATE DATABASE %s", db, db);
+	sql(NULL, stmt, out, sizeof(out));
+	dh_start(&h);
+	char r[8192] = "";
+	for (int t = 0; t < 100 && !strstr(r, "\"stopped\""); t++) {
+		dh_admin(&h, "store", r, sizeof(r));
+		usleep(50000);
+	}
+	ck_assert_msg(strstr(r, "\"state\":\"stopped\"") &&
+			      strstr(r, "cannot rebuild the projection at epoch 0"),
+		      "%s", r);
+	fd = dh_ingress(&h);
+	send_ok(fd, "TRANSFER 99999 1 2 1");
+	close(fd);
+	static char log[1 << 20];
+	dh_read_file(h.log, log, sizeof(log));
+	ck_assert_msg(strstr(log, "no longer holds epoch 1"), "%s", log);
+}
+END_TEST
+
 static Suite *
 mariadb_suite(void)
 {
@@ -473,6 +524,7 @@ mariadb_suite(void)
 	tcase_add_test(tc, exactly_once_under_sigkill);
 	tcase_add_test(tc, bad_config_names_the_host);
 	tcase_add_test(tc, newer_schema_is_refused);
+	tcase_add_test(tc, lost_database_cannot_be_rebuilt);
 	tcase_add_test(tc, outage_then_catch_up);
 	tcase_add_test(tc, failover_to_the_other_master);
 	suite_add_tcase(s, tc);
