@@ -129,6 +129,15 @@ struct trow {
 	char dba_ind, cba_ind;
 };
 
+/* An account row for the bulk upsert (counters within 64 bits; wider
+ * ones go by text). */
+struct arow {
+	uint64_t id;
+	uint32_t flags;
+	int64_t dp, cp, cb;
+	uint64_t epoch;
+};
+
 /* A growable text buffer for statements. */
 struct sb {
 	char *s;
@@ -154,6 +163,9 @@ struct store_projection {
 	bool dirty;   /* the replica ran epochs no host has */
 	struct sb ba, ac;
 	MYSQL_STMT *ins;  /* the bulk transfer INSERT, per connection */
+	MYSQL_STMT *ups;  /* the bulk account upsert, per connection */
+	struct arow *arows;
+	uint32_t narows;
 	struct trow *rows;
 	uint32_t nrows;
 	uint8_t *touched; /* bitmap by ledger index */
@@ -246,6 +258,9 @@ drop_conn(store_projection *p)
 	if (p->ins)
 		mysql_stmt_close(p->ins);
 	p->ins = NULL;
+	if (p->ups)
+		mysql_stmt_close(p->ups);
+	p->ups = NULL;
 	if (p->db)
 		mysql_close(p->db);
 	p->db = NULL;
@@ -374,6 +389,53 @@ prepare_insert(store_projection *p)
 	if (mysql_stmt_attr_set(p->ins, STMT_ATTR_ROW_SIZE, &row_size) ||
 	    mysql_stmt_bind_param(p->ins, b))
 		return -1;
+	return 0;
+}
+
+static int
+prepare_upsert(store_projection *p)
+{
+	static const char sql[] =
+		"INSERT INTO accounts (id, flags, debits_posted, credits_posted, "
+		"credits_buffered, updated_epoch) VALUES (?,?,?,?,?,?) "
+		"ON DUPLICATE KEY UPDATE debits_posted = VALUES(debits_posted), "
+		"credits_posted = VALUES(credits_posted), "
+		"credits_buffered = VALUES(credits_buffered), "
+		"updated_epoch = VALUES(updated_epoch)";
+	p->ups = mysql_stmt_init(p->db);
+	if (p->ups == NULL || mysql_stmt_prepare(p->ups, sql, sizeof(sql) - 1))
+		return -1;
+	struct arow *r = p->arows;
+	MYSQL_BIND b[6] = {
+		{ .buffer_type = MYSQL_TYPE_LONGLONG, .buffer = &r->id,
+		  .is_unsigned = 1 },
+		{ .buffer_type = MYSQL_TYPE_LONG, .buffer = &r->flags,
+		  .is_unsigned = 1 },
+		{ .buffer_type = MYSQL_TYPE_LONGLONG, .buffer = &r->dp },
+		{ .buffer_type = MYSQL_TYPE_LONGLONG, .buffer = &r->cp },
+		{ .buffer_type = MYSQL_TYPE_LONGLONG, .buffer = &r->cb },
+		{ .buffer_type = MYSQL_TYPE_LONGLONG, .buffer = &r->epoch,
+		  .is_unsigned = 1 },
+	};
+	size_t row_size = sizeof(struct arow);
+	if (mysql_stmt_attr_set(p->ups, STMT_ATTR_ROW_SIZE, &row_size) ||
+	    mysql_stmt_bind_param(p->ups, b))
+		return -1;
+	return 0;
+}
+
+static int
+flush_arows(store_projection *p)
+{
+	if (p->narows == 0)
+		return 0;
+	unsigned int n = p->narows;
+	p->narows = 0;
+	if (mysql_stmt_attr_set(p->ups, STMT_ATTR_ARRAY_SIZE, &n) ||
+	    mysql_stmt_execute(p->ups)) {
+		DOVE_WARN("mariadb: bulk upsert: %s", mysql_stmt_error(p->ups));
+		return -1;
+	}
 	return 0;
 }
 
@@ -670,6 +732,7 @@ project_batch(store_projection *p, uint64_t target)
 	uint64_t from = p->pos;
 	p->tx_transfers = 0;
 	p->nrows = 0;
+	p->narows = 0;
 	sb_reset(&p->ba);
 	sb_reset(&p->ac);
 	struct run_ctx c = { p, true, 0 };
@@ -690,6 +753,19 @@ project_batch(store_projection *p, uint64_t target)
 		const struct settle_account *a = settle_ledger_at(l, p->touched_ix[i]);
 		if (a == NULL)
 			continue;
+		hot_rows += (a->flags & SETTLE_ACCOUNT_HOT_NOW) != 0;
+		if (a->debits_posted <= INT64_MAX && a->credits_posted <= INT64_MAX &&
+		    a->credits_buffered <= INT64_MAX) {
+			p->arows[p->narows++] = (struct arow){
+				a->id, a->flags & SETTLE_ACCOUNT_FLAGS_ALL,
+				(int64_t)a->debits_posted, (int64_t)a->credits_posted,
+				(int64_t)a->credits_buffered, p->pos,
+			};
+			if (p->narows == BULK_ROWS)
+				rc = flush_arows(p);
+			continue;
+		}
+		/* Past 64 bits: by text. */
 		if (p->ac.rows == 0)
 			sb_printf(&p->ac, "INSERT INTO accounts (id, flags, "
 				  "debits_posted, credits_posted, credits_buffered,"
@@ -701,8 +777,7 @@ project_batch(store_projection *p, uint64_t target)
 			  dec((settle_i128)a->credits_posted, d2),
 			  dec((settle_i128)a->credits_buffered, d3), p->pos);
 		p->ac.rows++;
-		hot_rows += (a->flags & SETTLE_ACCOUNT_HOT_NOW) != 0;
-		if (p->ac.len > STMT_MAX || i + 1 == p->ntouched) {
+		if (p->ac.len > STMT_MAX) {
 			sb_printf(&p->ac, " ON DUPLICATE KEY UPDATE "
 				  "debits_posted = VALUES(debits_posted), "
 				  "credits_posted = VALUES(credits_posted), "
@@ -710,6 +785,16 @@ project_batch(store_projection *p, uint64_t target)
 				  "updated_epoch = VALUES(updated_epoch)");
 			rc = flush_insert(p, &p->ac);
 		}
+	}
+	if (rc == 0)
+		rc = flush_arows(p);
+	if (rc == 0 && p->ac.rows > 0) {
+		sb_printf(&p->ac, " ON DUPLICATE KEY UPDATE "
+			  "debits_posted = VALUES(debits_posted), "
+			  "credits_posted = VALUES(credits_posted), "
+			  "credits_buffered = VALUES(credits_buffered), "
+			  "updated_epoch = VALUES(updated_epoch)");
+		rc = flush_insert(p, &p->ac);
 	}
 	uint32_t accounts = p->ntouched;
 	untouch(p);
@@ -873,7 +958,7 @@ writer_main(void *arg)
 					       " WHERE id = 1", &applied, &none) != 0)
 				m = -1;
 			mysql_commit(p->db);
-			if (m == 0 && prepare_insert(p) != 0)
+			if (m == 0 && (prepare_insert(p) != 0 || prepare_upsert(p) != 0))
 				m = -1;
 			if (m != 0) {
 				if (m == -1)
@@ -986,9 +1071,11 @@ store_projection_start(const struct store_mariadb_config *cfg,
 		return -EINVAL;
 	}
 	p->rows = calloc(BULK_ROWS, sizeof(struct trow));
+	p->arows = calloc(BULK_ROWS, sizeof(struct arow));
 	p->touched = calloc(cfg->accounts_max / 8 + 1, 1);
 	p->touched_ix = calloc(cfg->accounts_max, sizeof(uint32_t));
-	if (p->touched == NULL || p->touched_ix == NULL || p->rows == NULL) {
+	if (p->touched == NULL || p->touched_ix == NULL || p->rows == NULL ||
+	    p->arows == NULL) {
 		free(p->touched);
 		free(p->touched_ix);
 		free(p);
@@ -1019,6 +1106,7 @@ store_projection_stop(store_projection *p)
 	settle_engine_destroy(p->eng);
 	store_wal_reader_close(p->reader);
 	free(p->rows);
+	free(p->arows);
 	free(p->ba.s);
 	free(p->ac.s);
 	free(p->touched);
