@@ -131,16 +131,11 @@ cmd_status(struct admin_client *c, const char *arg, struct json_buf *j)
 	urcu_memb_read_lock();
 	const server_config *cfg = server_config_get();
 	json_obj_begin(j);
-	json_key(j, "version");
-	json_str(j, DOVE_VERSION);
-	json_key(j, "pid");
-	json_i64(j, srv->pid);
-	json_key(j, "uptime_s");
-	json_i64(j, now.tv_sec - srv->started.tv_sec);
-	json_key(j, "config_path");
-	json_str(j, cfg->path);
-	json_key(j, "config_generation");
-	json_u64(j, cfg->generation);
+	json_kv_str(j, "version", DOVE_VERSION);
+	json_kv_i64(j, "pid", srv->pid);
+	json_kv_i64(j, "uptime_s", now.tv_sec - srv->started.tv_sec);
+	json_kv_str(j, "config_path", cfg->path);
+	json_kv_u64(j, "config_generation", cfg->generation);
 	json_key(j, "restart_required");
 	json_restart_required(j, cfg);
 	json_key(j, "last_reload_error");
@@ -148,18 +143,14 @@ cmd_status(struct admin_client *c, const char *arg, struct json_buf *j)
 		json_str(j, srv->last_reload_error);
 	else
 		json_null(j);
-	json_key(j, "reloads_failed");
-	json_u64(j, srv->reloads_failed);
+	json_kv_u64(j, "reloads_failed", srv->reloads_failed);
 	struct store_wal_stats ws;
 	store_wal_stats_get(srv->wal, &ws);
 	json_key(j, "wal");
 	json_obj_begin(j);
-	json_key(j, "durable_epoch");
-	json_u64(j, store_wal_durable_epoch(srv->wal));
-	json_key(j, "segments");
-	json_u64(j, ws.segments);
-	json_key(j, "epochs_since_start");
-	json_u64(j, ws.epochs);
+	json_kv_u64(j, "durable_epoch", store_wal_durable_epoch(srv->wal));
+	json_kv_u64(j, "segments", ws.segments);
+	json_kv_u64(j, "epochs_since_start", ws.epochs);
 	json_obj_end(j);
 	json_key(j, "store");
 	server_core_store_lag_json(j);
@@ -185,16 +176,13 @@ cmd_reload(struct admin_client *c, const char *arg, struct json_buf *j)
 	/* Not under the read lock: the reload waits for a grace period. */
 	int rc = server_reload(srv);
 	json_obj_begin(j);
-	json_key(j, "ok");
-	json_bool(j, rc == 0);
+	json_kv_bool(j, "ok", rc == 0);
 	if (rc != 0) {
-		json_key(j, "error");
-		json_str(j, srv->last_reload_error);
+		json_kv_str(j, "error", srv->last_reload_error);
 	}
 	urcu_memb_read_lock();
 	const server_config *cfg = server_config_get();
-	json_key(j, "config_generation");
-	json_u64(j, cfg->generation);
+	json_kv_u64(j, "config_generation", cfg->generation);
 	json_key(j, "restart_required");
 	json_restart_required(j, cfg);
 	urcu_memb_read_unlock();
@@ -206,10 +194,8 @@ cmd_shutdown(struct admin_client *c, const char *arg, struct json_buf *j)
 {
 	(void)arg;
 	json_obj_begin(j);
-	json_key(j, "ok");
-	json_bool(j, true);
-	json_key(j, "stopping");
-	json_bool(j, true);
+	json_kv_bool(j, "ok", true);
+	json_kv_bool(j, "stopping", true);
 	json_obj_end(j);
 	server_request_stop(c->adm->srv, "admin shutdown");
 }
@@ -224,8 +210,7 @@ cmd_account(struct admin_client *c, const char *arg, struct json_buf *j)
 	if (errno != 0 || *end != '\0' || id == 0 || arg[0] < '0' ||
 	    arg[0] > '9') {
 		json_obj_begin(j);
-		json_key(j, "error");
-		json_str(j, "account needs an account id (a number > 0)");
+		json_kv_str(j, "error", "account needs an account id (a number > 0)");
 		json_obj_end(j);
 		return;
 	}
@@ -255,10 +240,8 @@ cmd_snapshot(struct admin_client *c, const char *arg, struct json_buf *j)
 	(void)arg;
 	server_core_request_snapshot();
 	json_obj_begin(j);
-	json_key(j, "ok");
-	json_bool(j, true);
-	json_key(j, "snapshot");
-	json_str(j, "requested; `stats` shows snapshot_epoch when written");
+	json_kv_bool(j, "ok", true);
+	json_kv_str(j, "snapshot", "requested; `stats` shows snapshot_epoch when written");
 	json_obj_end(j);
 }
 

@@ -267,6 +267,19 @@ is_str_type(enum server_config_type t)
 	       t == SERVER_CFG_HOSTS;
 }
 
+/* After an item of a comma-separated list: step over the comma, or
+ * stand at the end. False when neither is there (a stray character,
+ * or a comma with nothing after it). */
+static bool
+list_next(const char **v)
+{
+	if (**v == ',' && (*v)[1] != '\0') {
+		(*v)++;
+		return true;
+	}
+	return **v == '\0';
+}
+
 /* "" or "0,1,3": CPU numbers below 1024, at most 64 of them. */
 static bool
 cpus_valid(const char *v)
@@ -280,9 +293,7 @@ cpus_valid(const char *v)
 		if (c >= 1024 || ++n > 64)
 			return false;
 		v = end;
-		if (*v == ',' && v[1] != '\0')
-			v++;
-		else if (*v != '\0')
+		if (!list_next(&v))
 			return false;
 	}
 	return true;
@@ -319,9 +330,7 @@ server_peak_windows_parse(const char *s, struct server_peak_window *w)
 		if (w)
 			w[n] = x;
 		n++;
-		if (*s == ',' && s[1] != '\0')
-			s++;
-		else if (*s != '\0')
+		if (!list_next(&s))
 			return -1;
 	}
 	return n;
@@ -377,9 +386,7 @@ hosts_valid(const char *v)
 				return false;
 		}
 		v += len;
-		if (*v == ',' && v[1] != '\0')
-			v++;
-		else if (*v != '\0')
+		if (!list_next(&v))
 			return false;
 	}
 	return n > 0;
@@ -400,9 +407,7 @@ ids_valid(const char *v)
 		}
 		if (v == start || id == 0 || ++n > 256)
 			return false;
-		if (*v == ',' && v[1] != '\0')
-			v++;
-		else if (*v != '\0')
+		if (!list_next(&v))
 			return false;
 	}
 	return true;

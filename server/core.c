@@ -176,7 +176,7 @@ struct core {
 	struct journal *journal;
 	store_projection *proj; /* [store] backend = mariadb, else NULL */
 	bool wal_full;           /* [wal] max_disk_mb reached: refuse work */
-	uint64_t epoch_ns[4096]; /* wall clock each epoch ran, by epoch % 4096:
+	uint64_t epoch_ns[4096]; /* each epoch's time (its log time), by epoch % 4096:
 				    the projection's lag in seconds */
 	uint64_t merges, merged_postings;
 	uint64_t realtime_postings, buffered_postings;
@@ -738,14 +738,6 @@ shard_out(struct core *k, uint32_t s)
 					  &k->sinks[s], k->posts };
 }
 
-/* Seen by every shard, answered once. */
-static bool
-broadcast(const struct settle_op *op)
-{
-	return op->type == SETTLE_REC_PEAK ||
-	       (op->type == SETTLE_REC_MERGE && op->u.ctl.account == 0);
-}
-
 /* Phase 1 on shard s: its debits, in LSN order; legs out. Touches only
  * shard s's accounts, its scratch and its own rows of legs and results. */
 static void
@@ -756,7 +748,8 @@ shard_phase1(struct core *k, uint32_t s)
 	settle_ledger_debit_phase(k->ledger, s, k->shard_ops[s], k->shard_n[s],
 				  res, &out);
 	for (uint32_t j = 0; j < k->shard_n[s]; j++)
-		if (s == 0 || !broadcast(&k->shard_ops[s][j]))
+		if (s == 0 || settle_op_shard(&k->shard_ops[s][j], k->nshards) !=
+				      SETTLE_ALL_SHARDS)
 			k->results[k->shard_where[s][j]] = res[j];
 }
 
@@ -908,16 +901,12 @@ run_epoch(struct core *k, uint64_t first, uint32_t count, uint64_t epoch,
 		struct rec *r = &k->recs[(first + i) % CORE_RECS];
 		r->op.lsn = first_lsn + i;
 		r->op.where = i;
-		if (broadcast(&r->op)) {
-			for (uint32_t s = 0; s < k->nshards; s++)
+		uint32_t s = settle_op_shard(&r->op, k->nshards);
+		if (s == SETTLE_ALL_SHARDS) {
+			for (s = 0; s < k->nshards; s++)
 				dispatch(k, s, i, &r->op);
 			continue;
 		}
-		uint64_t key = r->op.type == SETTLE_REC_ACCOUNT ? r->op.u.account.id
-			       : r->op.type == SETTLE_REC_TRANSFER
-				       ? r->op.u.transfer.debit
-				       : r->op.u.ctl.account;
-		uint32_t s = settle_shard_of(key, k->nshards);
 		if (r->op.type == SETTLE_REC_ACCOUNT)
 			k->shard_accounts[s]++;
 		dispatch(k, s, i, &r->op);
@@ -940,7 +929,7 @@ run_epoch(struct core *k, uint64_t first, uint32_t count, uint64_t epoch,
 		ring_event_wait(&k->ev_done, done_ready, k, &wait, -1);
 	}
 	account_epoch(k, first, count, epoch, time_ns);
-	k->epoch_ns[epoch % 4096] = wall_ns();
+	k->epoch_ns[epoch % 4096] = time_ns;
 	if (k->proj)
 		store_projection_advance(k->proj, epoch);
 	k->epochs_run++;
@@ -1130,7 +1119,7 @@ snapshot_done(struct core *k, uint64_t epoch)
 		store_projection_stats_get(k->proj, &ps);
 		base = store_snap_newest_upto(dir, ps.applied_epoch);
 	}
-	store_snap_prune_base(dir, keep, base);
+	store_snap_prune(dir, keep, base);
 	int rc = store_wal_retire(k->wal, base + 1);
 	DOVE_INFO("snapshot of epoch %llu written; %d WAL segment(s) retired",
 		  (unsigned long long)epoch, rc < 0 ? 0 : rc);
@@ -1206,15 +1195,25 @@ set_peak(struct core *k, bool on)
 	DOVE_INFO("peak %s", on ? "begins" : "ends: every hot buffer merges");
 }
 
+/* The next id of a [hot] accounts list (validated by the config). */
+static bool
+next_id(const char **p, uint64_t *id)
+{
+	if (**p == '\0')
+		return false;
+	char *end;
+	*id = strtoull(*p, &end, 10);
+	*p = *end == ',' ? end + 1 : end;
+	return true;
+}
+
 static bool
 id_listed(const char *list, uint64_t id)
 {
-	for (const char *p = list; *p;) {
-		char *end;
-		if (strtoull(p, &end, 10) == id)
+	uint64_t x;
+	for (const char *p = list; next_id(&p, &x);)
+		if (x == id)
 			return true;
-		p = *end == ',' ? end + 1 : end;
-	}
 	return false;
 }
 
@@ -1243,14 +1242,11 @@ collect_hot(void *arg, uint64_t id, uint32_t reason)
 static void
 hot_tick(struct core *k, const struct hot_cfg *h, uint64_t now)
 {
-	for (const char *p = h->accounts; *p;) {
-		char *end;
-		uint64_t id = strtoull(p, &end, 10);
+	uint64_t id;
+	for (const char *p = h->accounts; next_id(&p, &id);)
 		if (settle_seq_account_flags(k->seq, id, NULL) &&
 		    !settle_seq_hot(k->seq, id, NULL))
 			stage_control(k, SETTLE_REC_HOT, id, 1, SETTLE_HOT_CONFIG);
-		p = *end == ',' ? end + 1 : end;
-	}
 	struct hot_walk w = { .k = k, .h = h };
 	/* At most 256 per tick: the rest go at the next ones. */
 	settle_seq_foreach_hot(k->seq, collect_hot, &w);
@@ -1447,23 +1443,6 @@ core_before_wait(void *arg)
 
 /* ---- admin views ------------------------------------------------------------ */
 
-/* 128-bit counters go out as strings: JSON readers lose precision past
- * 2^53. A leading '-' when negative is true. */
-static void
-json_u128_signed(struct json_buf *j, settle_u128 v, bool negative)
-{
-	char b[48];
-	b[0] = '-';
-	size_t n = proto_u128(b + 1, v);
-	json_strn(j, negative ? b : b + 1, negative ? n + 1 : n);
-}
-
-static void
-json_u128(struct json_buf *j, settle_u128 v)
-{
-	json_u128_signed(j, v, false);
-}
-
 void
 server_core_account_json(uint64_t id, struct json_buf *j)
 {
@@ -1471,19 +1450,15 @@ server_core_account_json(uint64_t id, struct json_buf *j)
 	const struct settle_account *a = ledger_find(k, id);
 	json_obj_begin(j);
 	if (a == NULL) {
-		json_key(j, "error");
-		json_str(j, "no_such_account");
+		json_kv_str(j, "error", "no_such_account");
 		json_obj_end(j);
 		return;
 	}
 	char flags[16];
 	settle_account_flags_format(a->flags, flags, sizeof(flags));
-	json_key(j, "id");
-	json_u64(j, a->id);
-	json_key(j, "flags");
-	json_str(j, flags);
-	json_key(j, "shard");
-	json_u64(j, settle_shard_of(id, k->nshards));
+	json_kv_u64(j, "id", a->id);
+	json_kv_str(j, "flags", flags);
+	json_kv_u64(j, "shard", settle_shard_of(id, k->nshards));
 	json_key(j, "credits_posted");
 	json_u128(j, a->credits_posted);
 	json_key(j, "debits_posted");
@@ -1491,14 +1466,10 @@ server_core_account_json(uint64_t id, struct json_buf *j)
 	json_key(j, "credits_buffered");
 	json_u128(j, a->credits_buffered);
 	json_key(j, "balance");
-	if (a->credits_posted >= a->debits_posted)
-		json_u128(j, a->credits_posted - a->debits_posted);
-	else
-		json_u128_signed(j, a->debits_posted - a->credits_posted, true);
+	json_i128(j, (settle_i128)a->credits_posted - (settle_i128)a->debits_posted);
 	uint32_t reason;
 	bool hot = settle_seq_hot(k->seq, id, &reason);
-	json_key(j, "hot");
-	json_bool(j, hot);
+	json_kv_bool(j, "hot", hot);
 	json_key(j, "hot_reason");
 	if (hot)
 		json_str(j, settle_hot_reason_name(reason));
@@ -1506,14 +1477,10 @@ server_core_account_json(uint64_t id, struct json_buf *j)
 		json_null(j);
 	struct settle_buffer b = { 0 };
 	settle_ledger_buffer(k->ledger, settle_seq_account_ix(k->seq, id), &b);
-	json_key(j, "buffered_count");
-	json_u64(j, b.count);
-	json_key(j, "buffer_first_id");
-	json_u64(j, b.first_id);
-	json_key(j, "buffer_last_id");
-	json_u64(j, b.last_id);
-	json_key(j, "as_of_epoch");
-	json_u64(j, k->last_epoch);
+	json_kv_u64(j, "buffered_count", b.count);
+	json_kv_u64(j, "buffer_first_id", b.first_id);
+	json_kv_u64(j, "buffer_last_id", b.last_id);
+	json_kv_u64(j, "as_of_epoch", k->last_epoch);
 	json_obj_end(j);
 }
 
@@ -1523,8 +1490,7 @@ static void
 json_error(struct json_buf *j, const char *msg)
 {
 	json_obj_begin(j);
-	json_key(j, "error");
-	json_str(j, msg);
+	json_kv_str(j, "error", msg);
 	json_obj_end(j);
 }
 
@@ -1565,14 +1531,10 @@ peak_status(struct core *k, struct json_buf *j)
 	struct hot_cfg h;
 	hot_cfg_get(&h);
 	static const char *const modes[] = { "schedule", "always", "never" };
-	json_key(j, "peak");
-	json_bool(j, settle_seq_peak(k->seq));
-	json_key(j, "mode");
-	json_str(j, modes[h.mode]);
-	json_key(j, "windows");
-	json_str(j, h.windows);
-	json_key(j, "override");
-	json_str(j, k->peak_override < 0 ? "auto"
+	json_kv_bool(j, "peak", settle_seq_peak(k->seq));
+	json_kv_str(j, "mode", modes[h.mode]);
+	json_kv_str(j, "windows", h.windows);
+	json_kv_str(j, "override", k->peak_override < 0 ? "auto"
 		    : k->peak_override ? "on" : "off");
 	json_key(j, "began");
 	json_time(j, k->peak_began_ns);
@@ -1613,23 +1575,19 @@ list_hot(void *arg, uint64_t id, uint32_t reason)
 	struct core *k = h->k;
 	struct json_buf *j = h->j;
 	json_obj_begin(j);
-	json_key(j, "id");
-	json_u64(j, id);
-	json_key(j, "reason");
-	json_str(j, settle_hot_reason_name(reason));
+	json_kv_u64(j, "id", id);
+	json_kv_str(j, "reason", settle_hot_reason_name(reason));
 	if (reason == SETTLE_HOT_AUTO) {
 		/* postings per second so far in the detector's window */
 		uint64_t el = core_now_ns() - k->window_start_ns;
 		uint64_t est = settle_sketch_estimate(k->sketch, id);
-		json_key(j, "rate");
-		json_u64(j, el > 1000000u ? est * 1000000000u / el : est);
+		json_kv_u64(j, "rate", el > 1000000u ? est * 1000000000u / el : est);
 	}
 	uint32_t ix = settle_seq_account_ix(k->seq, id);
 	const struct settle_account *a = settle_ledger_at(k->ledger, ix);
 	struct settle_buffer b = { 0 };
 	settle_ledger_buffer(k->ledger, ix, &b);
-	json_key(j, "buffered_count");
-	json_u64(j, b.count);
+	json_kv_u64(j, "buffered_count", b.count);
 	json_key(j, "buffered_sum");
 	json_u128(j, a ? a->credits_buffered : 0);
 	json_obj_end(j);
@@ -1648,28 +1606,23 @@ server_core_hot_json(const char *arg, struct json_buf *j)
 		enum settle_result r = stage_control(k, SETTLE_REC_HOT, id, add,
 						     SETTLE_HOT_ADMIN);
 		json_obj_begin(j);
-		json_key(j, "ok");
-		json_bool(j, r == SETTLE_OK);
-		json_key(j, "id");
-		json_u64(j, id);
+		json_kv_bool(j, "ok", r == SETTLE_OK);
+		json_kv_u64(j, "id", id);
 		if (r != SETTLE_OK) {
-			json_key(j, "error");
-			json_str(j, r == SETTLE_ACCOUNT_EXISTS ? "already hot"
+			json_kv_str(j, "error", r == SETTLE_ACCOUNT_EXISTS ? "already hot"
 				    : r == SETTLE_NO_SUCH_ACCOUNT
 					    ? (add ? "no such account" : "not hot")
 				    : r == SETTLE_OVERLOADED ? "the hot set is full ([hot] max_accounts)"
 				    : "hot by its account flag: for ever");
 		} else {
-			json_key(j, "hot");
-			json_bool(j, add);
+			json_kv_bool(j, "hot", add);
 		}
 		json_obj_end(j);
 		return;
 	}
 	json_obj_begin(j);
 	peak_status(k, j);
-	json_key(j, "count");
-	json_u64(j, settle_seq_hot_count(k->seq));
+	json_kv_u64(j, "count", settle_seq_hot_count(k->seq));
 	json_key(j, "hot");
 	json_arr_begin(j);
 	struct hot_list h = { k, j, 0 };
@@ -1689,14 +1642,11 @@ server_core_merge_json(const char *arg, struct json_buf *j)
 	enum settle_result r = stage_control(k, SETTLE_REC_MERGE, id, 0,
 					     SETTLE_MERGE_ADMIN);
 	json_obj_begin(j);
-	json_key(j, "ok");
-	json_bool(j, r == SETTLE_OK);
+	json_kv_bool(j, "ok", r == SETTLE_OK);
 	if (r != SETTLE_OK) {
-		json_key(j, "error");
-		json_str(j, "not a hot account");
+		json_kv_str(j, "error", "not a hot account");
 	} else {
-		json_key(j, "merge");
-		json_str(j, "logged; it runs with the next epoch");
+		json_kv_str(j, "merge", "logged; it runs with the next epoch");
 	}
 	json_obj_end(j);
 }
@@ -1706,22 +1656,17 @@ server_core_store_lag_json(struct json_buf *j)
 {
 	struct core *k = the_core;
 	json_obj_begin(j);
-	json_key(j, "backend");
-	json_str(j, k && k->proj ? "mariadb" : "file");
+	json_kv_str(j, "backend", k && k->proj ? "mariadb" : "file");
 	if (k && k->proj) {
 		struct store_projection_stats ps;
 		store_projection_stats_get(k->proj, &ps);
 		uint64_t lag = k->last_epoch > ps.applied_epoch
 				       ? k->last_epoch - ps.applied_epoch
 				       : 0;
-		json_key(j, "connected");
-		json_bool(j, ps.connected);
-		json_key(j, "active_host");
-		json_str(j, ps.hosts[ps.active].name);
-		json_key(j, "applied_epoch");
-		json_u64(j, ps.applied_epoch);
-		json_key(j, "lag_epochs");
-		json_u64(j, lag);
+		json_kv_bool(j, "connected", ps.connected);
+		json_kv_str(j, "active_host", ps.hosts[ps.active].name);
+		json_kv_u64(j, "applied_epoch", ps.applied_epoch);
+		json_kv_u64(j, "lag_epochs", lag);
 		/* Since the oldest epoch not projected ran (the ring holds the
 		 * last 4096; beyond that, at least that long). */
 		uint64_t first = ps.applied_epoch + 1;
@@ -1729,8 +1674,7 @@ server_core_store_lag_json(struct json_buf *j)
 			      : lag < 4096 ? k->epoch_ns[first % 4096]
 					   : k->epoch_ns[(k->last_epoch + 1) % 4096];
 		uint64_t now = wall_ns();
-		json_key(j, "lag_s");
-		json_u64(j, at && now > at ? (now - at) / 1000000000u : 0);
+		json_kv_u64(j, "lag_s", at && now > at ? (now - at) / 1000000000u : 0);
 	}
 	json_obj_end(j);
 }
@@ -1755,63 +1699,41 @@ server_core_store_json(const char *arg, struct json_buf *j)
 	json_key(j, "lag");
 	server_core_store_lag_json(j);
 	if (asked) {
-		json_key(j, "verify_request");
-		json_u64(j, asked);
+		json_kv_u64(j, "verify_request", asked);
 	}
-	json_key(j, "transactions");
-	json_u64(j, ps.transactions);
-	json_key(j, "transfer_rows");
-	json_u64(j, ps.transfers);
-	json_key(j, "account_rows");
-	json_u64(j, ps.account_rows);
-	json_key(j, "hot_account_rows");
-	json_u64(j, ps.hot_account_rows);
-	json_key(j, "failures");
-	json_u64(j, ps.failures);
+	json_kv_u64(j, "transactions", ps.transactions);
+	json_kv_u64(j, "transfer_rows", ps.transfers);
+	json_kv_u64(j, "account_rows", ps.account_rows);
+	json_kv_u64(j, "hot_account_rows", ps.hot_account_rows);
+	json_kv_u64(j, "failures", ps.failures);
 	json_key(j, "hosts");
 	json_arr_begin(j);
 	for (uint32_t i = 0; i < ps.nhosts; i++) {
 		json_obj_begin(j);
-		json_key(j, "host");
-		json_str(j, ps.hosts[i].name);
-		json_key(j, "state");
-		json_str(j, ps.hosts[i].state);
-		json_key(j, "applied_epoch");
-		json_u64(j, ps.hosts[i].applied_epoch);
-		json_key(j, "lag_epochs");
-		json_u64(j, k->last_epoch > ps.hosts[i].applied_epoch
+		json_kv_str(j, "host", ps.hosts[i].name);
+		json_kv_str(j, "state", ps.hosts[i].state);
+		json_kv_u64(j, "applied_epoch", ps.hosts[i].applied_epoch);
+		json_kv_u64(j, "lag_epochs", k->last_epoch > ps.hosts[i].applied_epoch
 				    ? k->last_epoch - ps.hosts[i].applied_epoch
 				    : 0);
-		json_key(j, "error");
-		json_str(j, ps.hosts[i].error);
+		json_kv_str(j, "error", ps.hosts[i].error);
 		json_obj_end(j);
 	}
 	json_arr_end(j);
 	const struct store_projection_verify *v = &ps.verify;
 	json_key(j, "verify");
 	json_obj_begin(j);
-	json_key(j, "asked");
-	json_u64(j, ps.verify_asked);
-	json_key(j, "done");
-	json_u64(j, v->done);
-	json_key(j, "ran");
-	json_bool(j, v->ran);
-	json_key(j, "ok");
-	json_bool(j, v->ok);
-	json_key(j, "as_of_epoch");
-	json_u64(j, v->epoch);
-	json_key(j, "account_rows");
-	json_u64(j, v->account_rows);
-	json_key(j, "ledger_accounts");
-	json_u64(j, v->ledger_accounts);
-	json_key(j, "transfer_rows");
-	json_u64(j, v->transfer_rows);
-	json_key(j, "transfers_projected");
-	json_u64(j, v->transfers_logged);
-	json_key(j, "differences");
-	json_u64(j, v->differences);
-	json_key(j, "first_difference");
-	json_str(j, v->first);
+	json_kv_u64(j, "asked", ps.verify_asked);
+	json_kv_u64(j, "done", v->done);
+	json_kv_bool(j, "ran", v->ran);
+	json_kv_bool(j, "ok", v->ok);
+	json_kv_u64(j, "as_of_epoch", v->epoch);
+	json_kv_u64(j, "account_rows", v->account_rows);
+	json_kv_u64(j, "ledger_accounts", v->ledger_accounts);
+	json_kv_u64(j, "transfer_rows", v->transfer_rows);
+	json_kv_u64(j, "transfers_projected", v->transfers_logged);
+	json_kv_u64(j, "differences", v->differences);
+	json_kv_str(j, "first_difference", v->first);
 	json_obj_end(j);
 	json_obj_end(j);
 }
@@ -1838,13 +1760,30 @@ server_core_history_json(const char *arg, struct json_buf *j)
 	journal_history_json(k->journal, id, limit, j);
 }
 
+/* A log2 histogram's p50 and p99 (and p99.9), keys prefix + "p50_le"...:
+ * a quantile is its bucket's upper bound, here divided by div. */
+static void
+json_quantiles(struct json_buf *j, const char *prefix, const uint64_t *hist,
+	       uint64_t div, bool p999)
+{
+	static const struct {
+		const char *name;
+		double q;
+	} qs[] = { { "p50_le", 0.5 }, { "p99_le", 0.99 }, { "p999_le", 0.999 } };
+	for (unsigned i = 0; i < (p999 ? 3u : 2u); i++) {
+		char key[48];
+		snprintf(key, sizeof(key), "%s%s", prefix, qs[i].name);
+		json_kv_u64(j, key, store_hist_quantile(hist, STORE_WAL_HIST, qs[i].q) /
+					    div);
+	}
+}
+
 void
 server_core_stats_json(struct json_buf *j)
 {
 	struct core *k = the_core;
 	json_obj_begin(j);
-	json_key(j, "requests");
-	json_u64(j, k->requests);
+	json_kv_u64(j, "requests", k->requests);
 	json_key(j, "answered");
 	json_obj_begin(j);
 	for (int r = 0; r < SETTLE_RESULT_COUNT; r++) {
@@ -1854,87 +1793,50 @@ server_core_stats_json(struct json_buf *j)
 		json_u64(j, k->answered[r]);
 	}
 	json_obj_end(j);
-	json_key(j, "epochs_run");
-	json_u64(j, k->epochs_run);
-	json_key(j, "records_run");
-	json_u64(j, k->records_run);
-	json_key(j, "last_epoch");
-	json_u64(j, k->last_epoch);
-	json_key(j, "records_in_flight");
-	json_u64(j, k->rec_tail - k->rec_head);
-	json_key(j, "connections");
-	json_u64(j, k->nconns);
-	json_key(j, "accounts");
-	json_u64(j, settle_seq_accounts(k->seq));
-	json_key(j, "remembered_ids");
-	json_u64(j, settle_seq_remembered(k->seq));
+	json_kv_u64(j, "epochs_run", k->epochs_run);
+	json_kv_u64(j, "records_run", k->records_run);
+	json_kv_u64(j, "last_epoch", k->last_epoch);
+	json_kv_u64(j, "records_in_flight", k->rec_tail - k->rec_head);
+	json_kv_u64(j, "connections", k->nconns);
+	json_kv_u64(j, "accounts", settle_seq_accounts(k->seq));
+	json_kv_u64(j, "remembered_ids", settle_seq_remembered(k->seq));
 	/* Log2 histograms: a quantile is its bucket's upper bound. */
 	json_key(j, "reply_us");
 	json_obj_begin(j);
-	json_key(j, "p50_le");
-	json_u64(j, store_hist_quantile(k->reply_hist, STORE_WAL_HIST, 0.5) / 1000);
-	json_key(j, "p99_le");
-	json_u64(j, store_hist_quantile(k->reply_hist, STORE_WAL_HIST, 0.99) / 1000);
-	json_key(j, "p999_le");
-	json_u64(j, store_hist_quantile(k->reply_hist, STORE_WAL_HIST, 0.999) /
-			    1000);
-	json_key(j, "max");
-	json_u64(j, k->reply_ns_max / 1000);
+	json_quantiles(j, "", k->reply_hist, 1000, true);
+	json_kv_u64(j, "max", k->reply_ns_max / 1000);
 	json_obj_end(j);
 	json_key(j, "epoch_records");
 	json_obj_begin(j);
-	json_key(j, "mean");
-	json_u64(j, k->epochs_run ? k->records_run / k->epochs_run : 0);
-	json_key(j, "p50_le");
-	json_u64(j, store_hist_quantile(k->epoch_size_hist, STORE_WAL_HIST, 0.5));
-	json_key(j, "p99_le");
-	json_u64(j, store_hist_quantile(k->epoch_size_hist, STORE_WAL_HIST, 0.99));
+	json_kv_u64(j, "mean", k->epochs_run ? k->records_run / k->epochs_run : 0);
+	json_quantiles(j, "", k->epoch_size_hist, 1, false);
 	json_obj_end(j);
 	struct store_wal_stats ws;
 	store_wal_stats_get(k->wal, &ws);
 	json_key(j, "wal");
 	json_obj_begin(j);
-	json_key(j, "epochs");
-	json_u64(j, ws.epochs);
-	json_key(j, "bytes");
-	json_u64(j, ws.bytes);
-	json_key(j, "segments");
-	json_u64(j, ws.segments);
-	json_key(j, "failed_commits");
-	json_u64(j, ws.failed_commits);
-	json_key(j, "commit_us_p50_le");
-	json_u64(j, store_hist_quantile(ws.commit_hist, STORE_WAL_HIST, 0.5) /
-			    1000);
-	json_key(j, "commit_us_p99_le");
-	json_u64(j, store_hist_quantile(ws.commit_hist, STORE_WAL_HIST, 0.99) /
-			    1000);
-	json_key(j, "commit_us_max");
-	json_u64(j, ws.commit_ns_max / 1000);
+	json_kv_u64(j, "epochs", ws.epochs);
+	json_kv_u64(j, "bytes", ws.bytes);
+	json_kv_u64(j, "segments", ws.segments);
+	json_kv_u64(j, "failed_commits", ws.failed_commits);
+	json_quantiles(j, "commit_us_", ws.commit_hist, 1000, false);
+	json_kv_u64(j, "commit_us_max", ws.commit_ns_max / 1000);
 	json_obj_end(j);
-	json_key(j, "snapshot_epoch");
-	json_u64(j, k->snap_last_epoch);
-	json_key(j, "snapshot_in_progress");
-	json_bool(j, k->snap_child != 0 || k->snap_wanted);
-	json_key(j, "snapshots_taken");
-	json_u64(j, k->snaps_taken);
-	json_key(j, "snapshots_failed");
-	json_u64(j, k->snaps_failed);
+	json_kv_u64(j, "snapshot_epoch", k->snap_last_epoch);
+	json_kv_bool(j, "snapshot_in_progress", k->snap_child != 0 || k->snap_wanted);
+	json_kv_u64(j, "snapshots_taken", k->snaps_taken);
+	json_kv_u64(j, "snapshots_failed", k->snaps_failed);
 	json_key(j, "store");
 	server_core_store_lag_json(j);
-	json_key(j, "wal_full");
-	json_bool(j, k->wal_full);
+	json_kv_bool(j, "wal_full", k->wal_full);
 	json_key(j, "peak");
 	json_obj_begin(j);
 	peak_status(k, j);
 	json_obj_end(j);
-	json_key(j, "hot_accounts");
-	json_u64(j, settle_seq_hot_count(k->seq));
-	json_key(j, "merges");
-	json_u64(j, k->merges);
-	json_key(j, "merged_postings");
-	json_u64(j, k->merged_postings);
-	json_key(j, "avg_batch");
-	json_u64(j, k->merges ? k->merged_postings / k->merges : 0);
+	json_kv_u64(j, "hot_accounts", settle_seq_hot_count(k->seq));
+	json_kv_u64(j, "merges", k->merges);
+	json_kv_u64(j, "merged_postings", k->merged_postings);
+	json_kv_u64(j, "avg_batch", k->merges ? k->merged_postings / k->merges : 0);
 	json_key(j, "merges_by_reason");
 	json_obj_begin(j);
 	for (unsigned r = 0; r < SETTLE_MERGE_REASONS; r++) {
@@ -1945,18 +1847,12 @@ server_core_stats_json(struct json_buf *j)
 	/* What a store projection has to write: one balance update per
 	 * real-time posting and one per merge; a row per transfer and per
 	 * batch. */
-	json_key(j, "postings_realtime");
-	json_u64(j, k->realtime_postings);
-	json_key(j, "postings_buffered");
-	json_u64(j, k->buffered_postings);
-	json_key(j, "balance_updates");
-	json_u64(j, k->realtime_postings + k->merges);
-	json_key(j, "hot_balance_updates");
-	json_u64(j, k->hot_updates);
-	json_key(j, "hot_credit_updates");
-	json_u64(j, k->hot_credit_updates);
-	json_key(j, "batches");
-	json_u64(j, k->merges);
+	json_kv_u64(j, "postings_realtime", k->realtime_postings);
+	json_kv_u64(j, "postings_buffered", k->buffered_postings);
+	json_kv_u64(j, "balance_updates", k->realtime_postings + k->merges);
+	json_kv_u64(j, "hot_balance_updates", k->hot_updates);
+	json_kv_u64(j, "hot_credit_updates", k->hot_credit_updates);
+	json_kv_u64(j, "batches", k->merges);
 	json_key(j, "shards");
 	json_arr_begin(j);
 	for (uint32_t s = 0; s < k->nshards; s++)
@@ -1996,24 +1892,17 @@ server_core_verify_json(struct json_buf *j)
 	bool ok = v.debits == v.credits && v.nonneg_negative == 0 && tables &&
 		  counts;
 	json_obj_begin(j);
-	json_key(j, "ok");
-	json_bool(j, ok);
-	json_key(j, "as_of_epoch");
-	json_u64(j, k->last_epoch);
-	json_key(j, "accounts");
-	json_u64(j, v.accounts);
+	json_kv_bool(j, "ok", ok);
+	json_kv_u64(j, "as_of_epoch", k->last_epoch);
+	json_kv_u64(j, "accounts", v.accounts);
 	json_key(j, "total_debits");
 	json_u128(j, v.debits);
 	json_key(j, "total_credits");
 	json_u128(j, v.credits);
-	json_key(j, "debits_equal_credits");
-	json_bool(j, v.debits == v.credits);
-	json_key(j, "nonneg_below_zero");
-	json_u64(j, v.nonneg_negative);
-	json_key(j, "tables_consistent");
-	json_bool(j, tables);
-	json_key(j, "directory_matches_ledger");
-	json_bool(j, counts);
+	json_kv_bool(j, "debits_equal_credits", v.debits == v.credits);
+	json_kv_u64(j, "nonneg_below_zero", v.nonneg_negative);
+	json_kv_bool(j, "tables_consistent", tables);
+	json_kv_bool(j, "directory_matches_ledger", counts);
 	json_obj_end(j);
 }
 
@@ -2056,56 +1945,32 @@ replay_epoch(void *arg, const struct store_wal_epoch *ep)
 		settle_seq_prefetch(k->seq, &t, n);
 	}
 	off = 0;
-	struct settle_transfer chain[CHAIN_MAX];
-	uint32_t chain_len = 0;
+	struct settle_relog chain = { .len = 0 };
 	while (store_wal_record_next(ep, &off, &wr)) {
-		struct rec *r = &k->recs[k->rec_tail++ % CORE_RECS];
-		memset(r, 0, sizeof(*r));
-		r->conn = UINT32_MAX; /* nobody to answer */
-		r->op.type = wr.type;
-		struct settle_seq_answer ans[CHAIN_MAX];
-		if (wr.type == SETTLE_REC_ACCOUNT &&
-		    wr.len == sizeof(r->op.u.account)) {
-			memcpy(&r->op.u.account, wr.data, wr.len);
-			settle_seq_account(k->seq, &r->op.u.account, ans);
-			rp->accounts++;
-			if (ans[0].verdict != SETTLE_SEQ_LOG)
-				goto disagree;
-			r->op.ix = ans[0].debit_ix;
-		} else if (wr.type == SETTLE_REC_TRANSFER &&
-			   wr.len == sizeof(r->op.u.transfer) &&
-			   chain_len < CHAIN_MAX) {
-			memcpy(&r->op.u.transfer, wr.data, wr.len);
-			chain[chain_len++] = r->op.u.transfer;
-			rp->transfers++;
-			if (r->op.u.transfer.flags & SETTLE_TRANSFER_LINKED)
-				continue;
-			settle_seq_chain(k->seq, chain, chain_len, ans);
-			for (uint32_t i = 0; i < chain_len; i++) {
-				if (ans[i].verdict != SETTLE_SEQ_LOG)
-					goto disagree;
-				struct rec *cr = &k->recs[(k->rec_tail - chain_len + i) %
-							  CORE_RECS];
-				cr->op.ix = ans[i].debit_ix;
-				cr->op.credit_ix = ans[i].credit_ix;
-			}
-			chain_len = 0;
-		} else if ((wr.type == SETTLE_REC_PEAK || wr.type == SETTLE_REC_HOT ||
-			    wr.type == SETTLE_REC_MERGE) &&
-			   wr.len == sizeof(r->op.u.ctl) && chain_len == 0) {
-			memcpy(&r->op.u.ctl, wr.data, wr.len);
-			settle_seq_control(k->seq, wr.type, &r->op.u.ctl, ans);
-			if (ans[0].verdict != SETTLE_SEQ_LOG)
-				goto disagree;
-			r->op.ix = ans[0].debit_ix;
-		} else {
+		struct settle_op ops[CHAIN_MAX];
+		uint32_t n;
+		int rc = settle_seq_relog(k->seq, &chain, wr.type, wr.data, wr.len,
+					  ops, &n);
+		if (rc != 0) {
 			snprintf(rp->err, sizeof(rp->err),
-				 "epoch %llu: unknown record type %u (len %u)",
+				 rc == -EINVAL
+					 ? "epoch %llu: record type %u (len %u) "
+					   "is not one this doved writes there"
+					 : "epoch %llu: the sequencer refuses a "
+					   "logged record (type %u, len %u) on replay",
 				 (unsigned long long)ep->epoch, wr.type, wr.len);
 			return -DOVE_ECORRUPT;
 		}
+		for (uint32_t i = 0; i < n; i++) {
+			struct rec *r = &k->recs[k->rec_tail++ % CORE_RECS];
+			memset(r, 0, sizeof(*r));
+			r->conn = UINT32_MAX; /* nobody to answer */
+			r->op = ops[i];
+			rp->accounts += ops[i].type == SETTLE_REC_ACCOUNT;
+			rp->transfers += ops[i].type == SETTLE_REC_TRANSFER;
+		}
 	}
-	if (chain_len != 0) {
+	if (chain.len != 0) {
 		snprintf(rp->err, sizeof(rp->err), "epoch %llu ends in an open "
 			 "chain", (unsigned long long)ep->epoch);
 		return -DOVE_ECORRUPT;
@@ -2114,12 +1979,6 @@ replay_epoch(void *arg, const struct store_wal_epoch *ep)
 	k->rec_head = k->rec_staged = k->rec_tail;
 	rp->epochs++;
 	return 0;
-
-disagree:
-	snprintf(rp->err, sizeof(rp->err),
-		 "epoch %llu: the sequencer refuses a logged record on replay",
-		 (unsigned long long)ep->epoch);
-	return -DOVE_ECORRUPT;
 }
 
 /* ---- listeners, start and stop ------------------------------------------------ */

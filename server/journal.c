@@ -105,33 +105,52 @@ journal_batch(struct journal *jn, const struct settle_batch *b, uint64_t epoch,
 	e->credit_after = (settle_i128)b->sum;
 }
 
+/* What every entry says first. */
 static void
-json_i128(struct json_buf *j, settle_i128 v)
+entry_head(struct json_buf *j, const struct jent *e, const char *type)
 {
-	char b[48];
-	b[0] = '-';
-	settle_u128 u = v < 0 ? (settle_u128)(-(v + 1)) + 1 : (settle_u128)v;
-	size_t n = proto_u128(b + 1, u);
-	json_strn(j, v < 0 ? b : b + 1, v < 0 ? n + 1 : n);
+	json_obj_begin(j);
+	json_kv_str(j, "type", type);
+	json_kv_u64(j, "epoch", e->epoch);
+	json_kv_u64(j, "lsn", e->lsn);
+	json_kv_u64(j, "time_ns", e->time_ns);
 }
 
-/* Batches seen so far in a newest-first walk, to name the one that
- * merged a buffered credit: the oldest batch of its account from a later
- * epoch (credits of an epoch are merged from the next one on). */
-#define SEEN_MAX 64
+/* The batch that merged a buffered credit is its account's first batch
+ * of a later epoch (buffers fill at the end of an epoch; a merge takes
+ * the whole buffer). Walking newest first, epochs only go down, so two
+ * batches say it: the last one seen, and the last one seen before it
+ * with a greater epoch. */
+struct merged_by {
+	const struct jent *cur, *prev;
+};
+
+static void
+saw_batch(struct merged_by *m, const struct jent *b)
+{
+	if (m->cur != NULL && b->epoch < m->cur->epoch)
+		m->prev = m->cur;
+	m->cur = b;
+}
+
+static const struct jent *
+batch_of(const struct merged_by *m, uint64_t epoch)
+{
+	if (m->cur != NULL && m->cur->epoch > epoch)
+		return m->cur;
+	return m->prev; /* cur is of this very epoch, or there is none */
+}
 
 void
 journal_history_json(const struct journal *jn, uint64_t account,
 		     uint32_t limit, struct json_buf *j)
 {
-	struct { uint64_t epoch, lsn; } seen[SEEN_MAX];
-	uint32_t nseen = 0, out = 0;
+	struct merged_by merged = { NULL, NULL };
+	uint32_t out = 0;
 	uint64_t oldest = jn->next > jn->cap ? jn->next - jn->cap : 0;
 	json_obj_begin(j);
-	json_key(j, "account");
-	json_u64(j, account);
-	json_key(j, "window");
-	json_str(j, "in-memory journal: the newest [hot] history entries of all "
+	json_kv_u64(j, "account", account);
+	json_kv_str(j, "window", "in-memory journal: the newest [hot] history entries of all "
 		    "accounts");
 	json_key(j, "entries");
 	json_arr_begin(j);
@@ -140,30 +159,14 @@ journal_history_json(const struct journal *jn, uint64_t account,
 		if (e->kind == J_BATCH) {
 			if (e->credit != account)
 				continue;
-			/* Keep the newest SEEN_MAX - 1 and the oldest. */
-			if (nseen == SEEN_MAX)
-				nseen--;
-			seen[nseen].epoch = e->epoch;
-			seen[nseen++].lsn = e->lsn;
-			json_obj_begin(j);
-			json_key(j, "type");
-			json_str(j, "batch");
-			json_key(j, "epoch");
-			json_u64(j, e->epoch);
-			json_key(j, "lsn");
-			json_u64(j, e->lsn);
-			json_key(j, "time_ns");
-			json_u64(j, e->time_ns);
-			json_key(j, "reason");
-			json_str(j, settle_merge_reason_name(e->reason));
-			json_key(j, "count");
-			json_u64(j, e->count);
+			saw_batch(&merged, e);
+			entry_head(j, e, "batch");
+			json_kv_str(j, "reason", settle_merge_reason_name(e->reason));
+			json_kv_u64(j, "count", e->count);
 			json_key(j, "sum");
 			json_i128(j, e->credit_after);
-			json_key(j, "first_id");
-			json_u64(j, e->id);
-			json_key(j, "last_id");
-			json_u64(j, e->ref);
+			json_kv_u64(j, "first_id", e->id);
+			json_kv_u64(j, "last_id", e->ref);
 			json_obj_end(j);
 			out++;
 			continue;
@@ -171,41 +174,22 @@ journal_history_json(const struct journal *jn, uint64_t account,
 		if (e->debit != account && e->credit != account)
 			continue;
 		bool debit = e->debit == account;
-		json_obj_begin(j);
-		json_key(j, "type");
-		json_str(j, "transfer");
-		json_key(j, "id");
-		json_u64(j, e->id);
-		json_key(j, "epoch");
-		json_u64(j, e->epoch);
-		json_key(j, "lsn");
-		json_u64(j, e->lsn);
-		json_key(j, "time_ns");
-		json_u64(j, e->time_ns);
-		json_key(j, "side");
-		json_str(j, debit ? "debit" : "credit");
-		json_key(j, "other");
-		json_u64(j, debit ? e->credit : e->debit);
-		json_key(j, "amount");
-		json_u64(j, e->amount);
-		json_key(j, "code");
-		json_u64(j, e->code);
-		json_key(j, "ref");
-		json_u64(j, e->ref);
-		json_key(j, "result");
-		json_str(j, settle_result_name((enum settle_result)e->result));
+		entry_head(j, e, "transfer");
+		json_kv_u64(j, "id", e->id);
+		json_kv_str(j, "side", debit ? "debit" : "credit");
+		json_kv_u64(j, "other", debit ? e->credit : e->debit);
+		json_kv_u64(j, "amount", e->amount);
+		json_kv_u64(j, "code", e->code);
+		json_kv_u64(j, "ref", e->ref);
+		json_kv_str(j, "result", settle_result_name((enum settle_result)e->result));
 		if (e->result == SETTLE_OK) {
 			json_key(j, "settled");
 			if (!debit && e->credit_buffered) {
 				json_str(j, "buffered");
 				json_key(j, "batch_lsn");
-				uint32_t b = nseen;
-				while (b > 0 && seen[b - 1].epoch <= e->epoch)
-					b--;
-				/* seen[] is newest first: the last one
-				 * with a later epoch is the oldest such. */
-				if (b > 0)
-					json_u64(j, seen[b - 1].lsn);
+				const struct jent *b = batch_of(&merged, e->epoch);
+				if (b != NULL)
+					json_u64(j, b->lsn);
 				else
 					json_null(j); /* not merged yet */
 			} else {

@@ -10,6 +10,7 @@
 
 #include "dove.h"
 #include "server.h"
+#include "settle.h"
 
 void
 json_init(struct json_buf *j, char *buf, size_t cap)
@@ -164,6 +165,20 @@ json_u64(struct json_buf *j, uint64_t v)
 }
 
 void
+json_u128(struct json_buf *j, unsigned __int128 v)
+{
+	char b[48];
+	json_strn(j, b, settle_u128_text(b, v));
+}
+
+void
+json_i128(struct json_buf *j, __int128 v)
+{
+	char b[48];
+	json_strn(j, b, settle_i128_text(b, v));
+}
+
+void
 json_bool(struct json_buf *j, bool v)
 {
 	value_prefix(j);
@@ -175,4 +190,32 @@ json_null(struct json_buf *j)
 {
 	value_prefix(j);
 	put(j, "null", 4);
+}
+
+void
+json_kv_u64(struct json_buf *j, const char *key, uint64_t v)
+{
+	json_key(j, key);
+	json_u64(j, v);
+}
+
+void
+json_kv_i64(struct json_buf *j, const char *key, int64_t v)
+{
+	json_key(j, key);
+	json_i64(j, v);
+}
+
+void
+json_kv_str(struct json_buf *j, const char *key, const char *s)
+{
+	json_key(j, key);
+	json_str(j, s);
+}
+
+void
+json_kv_bool(struct json_buf *j, const char *key, bool v)
+{
+	json_key(j, key);
+	json_bool(j, v);
 }

@@ -151,28 +151,14 @@ proto_parse(const char *line, size_t len, struct proto_request *r)
 }
 
 size_t
-proto_u128(char *out, settle_u128 v)
-{
-	char tmp[48];
-	size_t n = 0;
-	do {
-		tmp[n++] = (char)('0' + (int)(v % 10));
-		v /= 10;
-	} while (v != 0);
-	for (size_t i = 0; i < n; i++)
-		out[i] = tmp[n - 1 - i];
-	return n;
-}
-
-size_t
 proto_ok(char *buf, uint64_t id, uint64_t epoch, bool dup)
 {
 	size_t n = 0;
 	memcpy(buf, "OK ", 3);
 	n = 3;
-	n += proto_u128(buf + n, id);
+	n += settle_u128_text(buf + n, id);
 	buf[n++] = ' ';
-	n += proto_u128(buf + n, epoch);
+	n += settle_u128_text(buf + n, epoch);
 	if (dup) {
 		memcpy(buf + n, " dup", 4);
 		n += 4;
@@ -191,7 +177,7 @@ proto_err(char *buf, uint64_t id, enum settle_result r)
 	if (id == 0)
 		buf[n++] = '-';
 	else
-		n += proto_u128(buf + n, id);
+		n += settle_u128_text(buf + n, id);
 	buf[n++] = ' ';
 	const char *name = settle_result_name(r);
 	memcpy(buf + n, name, strlen(name));
@@ -206,13 +192,13 @@ proto_bal(char *buf, const struct settle_account *a)
 {
 	size_t n = 4;
 	memcpy(buf, "BAL ", 4);
-	n += proto_u128(buf + n, a->id);
+	n += settle_u128_text(buf + n, a->id);
 	buf[n++] = ' ';
-	n += proto_u128(buf + n, a->credits_posted);
+	n += settle_u128_text(buf + n, a->credits_posted);
 	buf[n++] = ' ';
-	n += proto_u128(buf + n, a->debits_posted);
+	n += settle_u128_text(buf + n, a->debits_posted);
 	buf[n++] = ' ';
-	n += proto_u128(buf + n, a->credits_buffered);
+	n += settle_u128_text(buf + n, a->credits_buffered);
 	buf[n++] = ' ';
 	n += settle_account_flags_format(a->flags, buf + n, PROTO_REPLY_MAX - n);
 	buf[n++] = '\n';

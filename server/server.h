@@ -240,8 +240,17 @@ void json_str(struct json_buf *j, const char *s);
 void json_strn(struct json_buf *j, const char *s, size_t n);
 void json_i64(struct json_buf *j, int64_t v);
 void json_u64(struct json_buf *j, uint64_t v);
+/* 128-bit counters go out as strings: JSON readers lose precision past
+ * 2^53. */
+void json_u128(struct json_buf *j, unsigned __int128 v);
+void json_i128(struct json_buf *j, __int128 v);
 void json_bool(struct json_buf *j, bool v);
 void json_null(struct json_buf *j);
+/* A key and its value, in one call. */
+void json_kv_u64(struct json_buf *j, const char *key, uint64_t v);
+void json_kv_i64(struct json_buf *j, const char *key, int64_t v);
+void json_kv_str(struct json_buf *j, const char *key, const char *s);
+void json_kv_bool(struct json_buf *j, const char *key, bool v);
 
 /* cfg as {"section":{"key":value,...},...}; numbers as numbers. */
 void

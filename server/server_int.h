@@ -178,8 +178,6 @@ size_t proto_ok(char *buf, uint64_t id, uint64_t epoch, bool dup);
 size_t proto_err(char *buf, uint64_t id /* 0: "-" */, enum settle_result r);
 size_t proto_bal(char *buf, const struct settle_account *a);
 size_t proto_pong(char *buf);
-/* Decimal digits of v (no NUL, no sign); returns how many (<= 39). */
-size_t proto_u128(char *buf, settle_u128 v);
 #define PROTO_REPLY_MAX 192
 
 #endif /* SERVER_INT_H */

@@ -56,3 +56,27 @@ settle_account_flags_format(uint32_t flags, char *buf, size_t size)
 	DOVE_ASSERT(len < size);
 	return len;
 }
+
+size_t
+settle_u128_text(char *out, unsigned __int128 v)
+{
+	char tmp[40];
+	size_t n = 0;
+	do {
+		tmp[n++] = (char)('0' + (int)(v % 10));
+		v /= 10;
+	} while (v != 0);
+	for (size_t i = 0; i < n; i++)
+		out[i] = tmp[n - 1 - i];
+	return n;
+}
+
+size_t
+settle_i128_text(char *out, __int128 v)
+{
+	if (v >= 0)
+		return settle_u128_text(out, (unsigned __int128)v);
+	out[0] = '-';
+	/* -(v + 1) + 1: no overflow at the most negative value. */
+	return 1 + settle_u128_text(out + 1, (unsigned __int128)(-(v + 1)) + 1);
+}

@@ -25,8 +25,7 @@ struct settle_engine {
 	uint32_t nlegs;
 	struct settle_batch *batches;
 	uint32_t nbatches, hot_max;
-	struct settle_transfer chain[SETTLE_CHAIN_MAX];
-	uint32_t chain_len;
+	struct settle_relog relog;
 	bool bad;
 };
 
@@ -85,73 +84,21 @@ settle_engine_ledger(settle_engine *e)
 	return e->l;
 }
 
-static struct settle_op *
-next_op(settle_engine *e, uint16_t type)
-{
-	if (e->n == e->max) {
-		e->bad = true;
-		return NULL;
-	}
-	struct settle_op *op = &e->ops[e->n];
-	memset(op, 0, sizeof(*op));
-	op->type = type;
-	op->where = e->n++;
-	return op;
-}
-
 int
 settle_engine_add(settle_engine *e, uint16_t type, const void *data,
 		  uint32_t len)
 {
-	struct settle_seq_answer ans[SETTLE_CHAIN_MAX];
-	if (e->bad)
+	uint32_t n;
+	if (e->bad || e->n + SETTLE_CHAIN_MAX > e->max ||
+	    settle_seq_relog(e->q, &e->relog, type, data, len, e->ops + e->n,
+			     &n) != 0) {
+		e->bad = true;
 		return -DOVE_ECORRUPT;
-	if (type == SETTLE_REC_TRANSFER && len == sizeof(struct settle_transfer) &&
-	    e->chain_len < SETTLE_CHAIN_MAX) {
-		struct settle_transfer *t = &e->chain[e->chain_len++];
-		memcpy(t, data, len);
-		if (t->flags & SETTLE_TRANSFER_LINKED)
-			return 0;
-		settle_seq_chain(e->q, e->chain, e->chain_len, ans);
-		for (uint32_t i = 0; i < e->chain_len; i++) {
-			struct settle_op *op = next_op(e, type);
-			if (op == NULL || ans[i].verdict != SETTLE_SEQ_LOG)
-				goto bad;
-			op->u.transfer = e->chain[i];
-			op->ix = ans[i].debit_ix;
-			op->credit_ix = ans[i].credit_ix;
-		}
-		e->chain_len = 0;
-		return 0;
 	}
-	if (e->chain_len != 0)
-		goto bad; /* a chain interrupted */
-	if (type == SETTLE_REC_ACCOUNT && len == sizeof(struct settle_account_rec)) {
-		struct settle_op *op = next_op(e, type);
-		if (op == NULL)
-			goto bad;
-		memcpy(&op->u.account, data, len);
-		settle_seq_account(e->q, &op->u.account, ans);
-		op->ix = ans[0].debit_ix;
-		if (ans[0].verdict != SETTLE_SEQ_LOG)
-			goto bad;
-		return 0;
-	}
-	if ((type == SETTLE_REC_PEAK || type == SETTLE_REC_HOT ||
-	     type == SETTLE_REC_MERGE) && len == sizeof(struct settle_ctl_rec)) {
-		struct settle_op *op = next_op(e, type);
-		if (op == NULL)
-			goto bad;
-		memcpy(&op->u.ctl, data, len);
-		settle_seq_control(e->q, type, &op->u.ctl, ans);
-		op->ix = ans[0].debit_ix;
-		if (ans[0].verdict != SETTLE_SEQ_LOG)
-			goto bad;
-		return 0;
-	}
-bad:
-	e->bad = true;
-	return -DOVE_ECORRUPT;
+	for (uint32_t i = 0; i < n; i++)
+		e->ops[e->n + i].where = e->n + i;
+	e->n += n;
+	return 0;
 }
 
 static void
@@ -174,7 +121,7 @@ int
 settle_engine_run(settle_engine *e, uint64_t epoch, uint64_t first_lsn,
 		  struct settle_engine_out *out)
 {
-	if (e->bad || e->chain_len != 0) {
+	if (e->bad || e->relog.len != 0) {
 		e->bad = true;
 		return -DOVE_ECORRUPT;
 	}

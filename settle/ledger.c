@@ -98,6 +98,23 @@ settle_shard_of(uint64_t id, uint32_t nshards)
 	return (uint32_t)((settle_mix64(id) >> 32) % nshards);
 }
 
+uint32_t
+settle_op_shard(const struct settle_op *op, uint32_t nshards)
+{
+	switch (op->type) {
+	case SETTLE_REC_ACCOUNT:
+		return settle_shard_of(op->u.account.id, nshards);
+	case SETTLE_REC_TRANSFER:
+		return settle_shard_of(op->u.transfer.debit, nshards);
+	case SETTLE_REC_PEAK:
+		return SETTLE_ALL_SHARDS;
+	default: /* HOT, MERGE */
+		return op->u.ctl.account == 0
+			       ? SETTLE_ALL_SHARDS
+			       : settle_shard_of(op->u.ctl.account, nshards);
+	}
+}
+
 int
 settle_ledger_create(uint32_t capacity, uint32_t nshards, uint32_t hot_max,
 		     settle_ledger **out)

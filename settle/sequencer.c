@@ -644,3 +644,60 @@ settle_seq_restore_hot(settle_seq *q, uint64_t id, uint32_t reason)
 	hot_add(q, ix, reason);
 	return 0;
 }
+
+/* ---- replay: deciding logged records again --------------------------------- */
+
+static bool
+control_type(uint16_t type)
+{
+	return type == SETTLE_REC_PEAK || type == SETTLE_REC_HOT ||
+	       type == SETTLE_REC_MERGE;
+}
+
+int
+settle_seq_relog(settle_seq *q, struct settle_relog *c, uint16_t type,
+		 const void *data, uint32_t len, struct settle_op *ops,
+		 uint32_t *n)
+{
+	struct settle_seq_answer ans[SETTLE_CHAIN_MAX];
+	*n = 0;
+	if (type == SETTLE_REC_TRANSFER && len == sizeof(struct settle_transfer) &&
+	    c->len < SETTLE_CHAIN_MAX) {
+		struct settle_transfer *t = &c->chain[c->len++];
+		memcpy(t, data, len); /* WAL payloads are not aligned */
+		if (t->flags & SETTLE_TRANSFER_LINKED)
+			return 0; /* the chain goes on */
+		settle_seq_chain(q, c->chain, c->len, ans);
+		for (uint32_t i = 0; i < c->len; i++) {
+			if (ans[i].verdict != SETTLE_SEQ_LOG)
+				return -DOVE_ECORRUPT;
+			ops[i] = (struct settle_op){ .type = type,
+						     .ix = ans[i].debit_ix,
+						     .credit_ix = ans[i].credit_ix };
+			ops[i].u.transfer = c->chain[i];
+		}
+		*n = c->len;
+		c->len = 0;
+		return 0;
+	}
+	/* Anything else inside a chain, unknown types and sizes: the log is
+	 * not one this sequencer wrote. */
+	if (c->len != 0)
+		return -EINVAL;
+	if (type == SETTLE_REC_ACCOUNT && len == sizeof(struct settle_account_rec)) {
+		ops[0] = (struct settle_op){ .type = type };
+		memcpy(&ops[0].u.account, data, len);
+		settle_seq_account(q, &ops[0].u.account, ans);
+	} else if (control_type(type) && len == sizeof(struct settle_ctl_rec)) {
+		ops[0] = (struct settle_op){ .type = type };
+		memcpy(&ops[0].u.ctl, data, len);
+		settle_seq_control(q, type, &ops[0].u.ctl, ans);
+	} else {
+		return -EINVAL;
+	}
+	if (ans[0].verdict != SETTLE_SEQ_LOG)
+		return -DOVE_ECORRUPT;
+	ops[0].ix = ans[0].debit_ix;
+	*n = 1;
+	return 0;
+}

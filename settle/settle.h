@@ -37,6 +37,14 @@ settle_account_flag_parse(const char *word, size_t len, uint32_t *flag);
 size_t
 settle_account_flags_format(uint32_t flags, char *buf, size_t size);
 
+/*
+ * 128-bit counters as decimal text (the protocol, admin JSON, MariaDB's
+ * DECIMAL columns all take them so): digits, a '-' first when negative,
+ * no NUL. Return the length; out must hold 41 bytes.
+ */
+size_t settle_u128_text(char *out, unsigned __int128 v);
+size_t settle_i128_text(char *out, __int128 v);
+
 /* ---- requests and results --------------------------------------------- */
 
 /*
@@ -225,6 +233,14 @@ const struct settle_account *settle_ledger_at(const settle_ledger *l,
 /* Which of nshards owns account id: a fixed hash, the same everywhere. */
 uint32_t settle_shard_of(uint64_t id, uint32_t nshards);
 
+/* The shard an op goes to (settle_ledger_debit_phase says which ops a
+ * shard must see): the owner of the account it is about — the new
+ * account, a transfer's debit account, a HOT or MERGE's account — or
+ * SETTLE_ALL_SHARDS for a PEAK record and a MERGE of every buffer, which
+ * every shard sees (and whose result is taken from shard 0). */
+#define SETTLE_ALL_SHARDS UINT32_MAX
+uint32_t settle_op_shard(const struct settle_op *op, uint32_t nshards);
+
 /*
  * Where a shard's outputs go: credit legs (the caller routes each to the
  * shard that owns the account), batch postings (merges), and per-transfer
@@ -404,6 +420,24 @@ uint32_t settle_seq_remembered(const settle_seq *q);
 /* Bytes preallocated for the directory and for the id window (the memory
  * targets are per account and per remembered id). Returns the sum. */
 size_t settle_seq_bytes(const settle_seq *q, size_t *accounts, size_t *ids);
+
+/*
+ * Replay: decide a logged record again, in log order. The sequencer must
+ * say LOG to it, as it did when it was logged. A transfer linked to the
+ * next is held in c until its chain is complete; then the whole chain
+ * comes out. ops (room for SETTLE_CHAIN_MAX) receives *n ops with their
+ * ledger indexes (lsn and where are the caller's). Returns 0, -EINVAL
+ * (unknown type or size, a chain too long or interrupted) or
+ * -DOVE_ECORRUPT (the sequencer refuses it: the log and this code
+ * disagree). An epoch must end with c->len == 0.
+ */
+struct settle_relog {
+	struct settle_transfer chain[SETTLE_CHAIN_MAX];
+	uint32_t len;
+};
+int settle_seq_relog(settle_seq *q, struct settle_relog *c, uint16_t type,
+		     const void *data, uint32_t len, struct settle_op *ops,
+		     uint32_t *n);
 
 /* ---- peak and the hot set (DESIGN.md "Differentiated settlement") ------- */
 

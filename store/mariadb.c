@@ -35,6 +35,20 @@
 #define SCHEMA_VERSION 1
 #define STMT_MAX (1u << 20) /* a multi-row INSERT is cut at ~1 MiB */
 
+/* The row statements, shared by the bulk (prepared) and the text paths. */
+#define TRANSFER_INSERT                                                      \
+	"INSERT INTO transfers (lsn, id, debit, credit, amount, code, ref, "  \
+	"linked, epoch, ts, status, debit_balance_after, "                    \
+	"credit_balance_after, buffered) VALUES "
+#define ACCOUNT_INSERT                                                       \
+	"INSERT INTO accounts (id, flags, debits_posted, credits_posted, "    \
+	"credits_buffered, updated_epoch) VALUES "
+#define ACCOUNT_UPSERT                                                       \
+	" ON DUPLICATE KEY UPDATE debits_posted = VALUES(debits_posted), "    \
+	"credits_posted = VALUES(credits_posted), "                           \
+	"credits_buffered = VALUES(credits_buffered), "                       \
+	"updated_epoch = VALUES(updated_epoch)"
+
 /* Migrations, in order: migration v takes the schema from v - 1 to v.
  * DDL commits implicitly in MariaDB, so each statement is written to be
  * safe to run again if a migration was cut short. */
@@ -138,6 +152,14 @@ struct arow {
 	uint64_t epoch;
 };
 
+/* A bulk statement: prepared once per connection, its parameters bound
+ * row-wise to an array of n rows, executed in one round trip. */
+struct bulk {
+	MYSQL_STMT *st;
+	uint32_t n;
+	const char *what;
+};
+
 /* A growable text buffer for statements. */
 struct sb {
 	char *s;
@@ -161,13 +183,11 @@ struct store_projection {
 	store_wal_reader *reader;
 	uint64_t pos; /* epochs the replica has run */
 	bool dirty;   /* the replica ran epochs no host has */
-	struct sb ba, ac;
-	MYSQL_STMT *ins;  /* the bulk transfer INSERT, per connection */
-	MYSQL_STMT *ups;  /* the bulk account upsert, per connection */
-	struct arow *arows;
-	uint32_t narows;
+	struct sb ba;     /* batch rows: few, by text */
+	struct bulk ins;  /* transfer rows into p->rows */
+	struct bulk ups;  /* account rows into p->arows */
 	struct trow *rows;
-	uint32_t nrows;
+	struct arow *arows;
 	uint8_t *touched; /* bitmap by ledger index */
 	uint32_t *touched_ix, ntouched;
 	uint64_t tx_transfers;
@@ -218,24 +238,11 @@ sb_reset(struct sb *b)
 		b->s[0] = '\0';
 }
 
-/* 128-bit decimal text, signed. */
+/* 128-bit decimal text, NUL-terminated (buf: 48 bytes). */
 static const char *
 dec(settle_i128 v, char *buf)
 {
-	char tmp[48];
-	int n = 0;
-	bool neg = v < 0;
-	settle_u128 u = neg ? (settle_u128)(-(v + 1)) + 1 : (settle_u128)v;
-	do {
-		tmp[n++] = (char)('0' + (int)(u % 10));
-		u /= 10;
-	} while (u);
-	int k = 0;
-	if (neg)
-		buf[k++] = '-';
-	while (n)
-		buf[k++] = tmp[--n];
-	buf[k] = '\0';
+	buf[settle_i128_text(buf, v)] = '\0';
 	return buf;
 }
 
@@ -255,12 +262,11 @@ host_state(store_projection *p, uint32_t h, const char *state, const char *err)
 static void
 drop_conn(store_projection *p)
 {
-	if (p->ins)
-		mysql_stmt_close(p->ins);
-	p->ins = NULL;
-	if (p->ups)
-		mysql_stmt_close(p->ups);
-	p->ups = NULL;
+	for (struct bulk *b = &p->ins; b <= &p->ups; b++) {
+		if (b->st)
+			mysql_stmt_close(b->st);
+		b->st = NULL;
+	}
 	if (p->db)
 		mysql_close(p->db);
 	p->db = NULL;
@@ -350,109 +356,68 @@ connect_host(store_projection *p)
 }
 
 static int
-prepare_insert(store_projection *p)
+bulk_prepare(store_projection *p, struct bulk *b, const char *sql,
+	     MYSQL_BIND *binds, size_t row_size)
 {
-	static const char sql[] =
-		"INSERT INTO transfers (lsn, id, debit, credit, amount, code, "
-		"ref, linked, epoch, ts, status, debit_balance_after, "
-		"credit_balance_after, buffered) VALUES "
-		"(?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
-	p->ins = mysql_stmt_init(p->db);
-	if (p->ins == NULL || mysql_stmt_prepare(p->ins, sql, sizeof(sql) - 1))
+	b->n = 0;
+	b->st = mysql_stmt_init(p->db);
+	if (b->st == NULL || mysql_stmt_prepare(b->st, sql, strlen(sql)) ||
+	    mysql_stmt_attr_set(b->st, STMT_ATTR_ROW_SIZE, &row_size) ||
+	    mysql_stmt_bind_param(b->st, binds))
 		return -1;
-	struct trow *r = p->rows;
-	MYSQL_BIND b[14];
-	memset(b, 0, sizeof(b));
-	uint64_t *u64[] = { &r->lsn, &r->id, &r->debit, &r->credit, &r->amount };
-	for (int i = 0; i < 5; i++) {
-		b[i].buffer_type = MYSQL_TYPE_LONGLONG;
-		b[i].buffer = u64[i];
-		b[i].is_unsigned = 1;
-	}
-	b[5] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_SHORT, .buffer = &r->code,
-			     .is_unsigned = 1 };
-	b[6] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_LONGLONG, .buffer = &r->ref,
-			     .is_unsigned = 1 };
-	b[7] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_TINY, .buffer = &r->linked };
-	b[8] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_LONGLONG,
-			     .buffer = &r->epoch, .is_unsigned = 1 };
-	b[9] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_DATETIME, .buffer = &r->ts };
-	b[10] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_STRING,
-			      .buffer = r->status, .length = &r->status_len };
-	b[11] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_LONGLONG, .buffer = &r->dba };
-	b[11].u.indicator = &r->dba_ind;
-	b[12] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_LONGLONG, .buffer = &r->cba };
-	b[12].u.indicator = &r->cba_ind;
-	b[13] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_TINY,
-			      .buffer = &r->buffered };
-	size_t row_size = sizeof(struct trow);
-	if (mysql_stmt_attr_set(p->ins, STMT_ATTR_ROW_SIZE, &row_size) ||
-	    mysql_stmt_bind_param(p->ins, b))
-		return -1;
-	return 0;
-}
-
-static int
-prepare_upsert(store_projection *p)
-{
-	static const char sql[] =
-		"INSERT INTO accounts (id, flags, debits_posted, credits_posted, "
-		"credits_buffered, updated_epoch) VALUES (?,?,?,?,?,?) "
-		"ON DUPLICATE KEY UPDATE debits_posted = VALUES(debits_posted), "
-		"credits_posted = VALUES(credits_posted), "
-		"credits_buffered = VALUES(credits_buffered), "
-		"updated_epoch = VALUES(updated_epoch)";
-	p->ups = mysql_stmt_init(p->db);
-	if (p->ups == NULL || mysql_stmt_prepare(p->ups, sql, sizeof(sql) - 1))
-		return -1;
-	struct arow *r = p->arows;
-	MYSQL_BIND b[6] = {
-		{ .buffer_type = MYSQL_TYPE_LONGLONG, .buffer = &r->id,
-		  .is_unsigned = 1 },
-		{ .buffer_type = MYSQL_TYPE_LONG, .buffer = &r->flags,
-		  .is_unsigned = 1 },
-		{ .buffer_type = MYSQL_TYPE_LONGLONG, .buffer = &r->dp },
-		{ .buffer_type = MYSQL_TYPE_LONGLONG, .buffer = &r->cp },
-		{ .buffer_type = MYSQL_TYPE_LONGLONG, .buffer = &r->cb },
-		{ .buffer_type = MYSQL_TYPE_LONGLONG, .buffer = &r->epoch,
-		  .is_unsigned = 1 },
-	};
-	size_t row_size = sizeof(struct arow);
-	if (mysql_stmt_attr_set(p->ups, STMT_ATTR_ROW_SIZE, &row_size) ||
-	    mysql_stmt_bind_param(p->ups, b))
-		return -1;
-	return 0;
-}
-
-static int
-flush_arows(store_projection *p)
-{
-	if (p->narows == 0)
-		return 0;
-	unsigned int n = p->narows;
-	p->narows = 0;
-	if (mysql_stmt_attr_set(p->ups, STMT_ATTR_ARRAY_SIZE, &n) ||
-	    mysql_stmt_execute(p->ups)) {
-		DOVE_WARN("mariadb: bulk upsert: %s", mysql_stmt_error(p->ups));
-		return -1;
-	}
 	return 0;
 }
 
 /* Send the rows gathered so far in one bulk execution. */
 static int
-flush_rows(store_projection *p)
+bulk_flush(struct bulk *b)
 {
-	if (p->nrows == 0)
+	if (b->n == 0)
 		return 0;
-	unsigned int n = p->nrows;
-	p->nrows = 0;
-	if (mysql_stmt_attr_set(p->ins, STMT_ATTR_ARRAY_SIZE, &n) ||
-	    mysql_stmt_execute(p->ins)) {
-		DOVE_WARN("mariadb: bulk insert: %s", mysql_stmt_error(p->ins));
+	unsigned int n = b->n;
+	b->n = 0;
+	if (mysql_stmt_attr_set(b->st, STMT_ATTR_ARRAY_SIZE, &n) ||
+	    mysql_stmt_execute(b->st)) {
+		DOVE_WARN("mariadb: bulk %s: %s", b->what, mysql_stmt_error(b->st));
 		return -1;
 	}
 	return 0;
+}
+
+/* Both bulk statements, bound to the first row of their arrays. */
+static int
+prepare_bulk(store_projection *p)
+{
+	struct trow *r = p->rows;
+#define BIND(type, field, uns)                                                \
+	{ .buffer_type = MYSQL_TYPE_##type, .buffer = (field), .is_unsigned = (uns) }
+	MYSQL_BIND tb[14] = {
+		BIND(LONGLONG, &r->lsn, 1),    BIND(LONGLONG, &r->id, 1),
+		BIND(LONGLONG, &r->debit, 1),  BIND(LONGLONG, &r->credit, 1),
+		BIND(LONGLONG, &r->amount, 1), BIND(SHORT, &r->code, 1),
+		BIND(LONGLONG, &r->ref, 1),    BIND(TINY, &r->linked, 0),
+		BIND(LONGLONG, &r->epoch, 1),  BIND(DATETIME, &r->ts, 0),
+		BIND(STRING, r->status, 0),    BIND(LONGLONG, &r->dba, 0),
+		BIND(LONGLONG, &r->cba, 0),    BIND(TINY, &r->buffered, 0),
+	};
+	tb[10].length = &r->status_len;
+	tb[11].u.indicator = &r->dba_ind;
+	tb[12].u.indicator = &r->cba_ind;
+	struct arow *a = p->arows;
+	MYSQL_BIND ab[6] = {
+		BIND(LONGLONG, &a->id, 1), BIND(LONG, &a->flags, 1),
+		BIND(LONGLONG, &a->dp, 0), BIND(LONGLONG, &a->cp, 0),
+		BIND(LONGLONG, &a->cb, 0), BIND(LONGLONG, &a->epoch, 1),
+	};
+#undef BIND
+	p->ins.what = "transfer insert";
+	p->ups.what = "account upsert";
+	if (bulk_prepare(p, &p->ins, TRANSFER_INSERT "(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+			 tb, sizeof(struct trow)) != 0)
+		return -1;
+	return bulk_prepare(p, &p->ups,
+			    ACCOUNT_INSERT "(?,?,?,?,?,?)" ACCOUNT_UPSERT, ab,
+			    sizeof(struct arow));
 }
 
 /* Create or migrate the schema; refuse a newer one. */
@@ -549,8 +514,8 @@ fits64(settle_i128 v)
 	return v >= INT64_MIN && v <= INT64_MAX;
 }
 
-/* A transfer whose balance-after does not fit 64 bits (it can happen
- * only after ~9.2e18 minor units): its row goes in by text. */
+/* A row with a value past 64 bits (possible only after ~9.2e18 minor
+ * units) goes in by text, alone. */
 static int
 insert_wide(store_projection *p, const struct settle_op *op,
 	    const char *status, const struct settle_post *ps, bool ok,
@@ -560,15 +525,27 @@ insert_wide(store_projection *p, const struct settle_op *op,
 	const struct settle_transfer *t = &op->u.transfer;
 	bool cb = ok && !ps->credit_buffered;
 	snprintf(sql, sizeof(sql),
-		 "INSERT INTO transfers (lsn, id, debit, credit, amount, code, "
-		 "ref, linked, epoch, ts, status, debit_balance_after, "
-		 "credit_balance_after, buffered) VALUES (%" PRIu64 ",%" PRIu64
+		 TRANSFER_INSERT "(%" PRIu64 ",%" PRIu64
 		 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%u,%" PRIu64 ",%d,%" PRIu64
 		 ",'%s','%s',%s,%s,%d)",
 		 op->lsn, t->id, t->debit, t->credit, t->amount, t->code, t->ref,
 		 (t->flags & SETTLE_TRANSFER_LINKED) != 0, epoch, p->ts, status,
 		 ok ? dec(ps->debit_after, d1) : "NULL",
 		 cb ? dec(ps->credit_after, d2) : "NULL", ok && ps->credit_buffered);
+	return qs(p, sql);
+}
+
+static int
+upsert_wide(store_projection *p, const struct settle_account *a)
+{
+	char d1[48], d2[48], d3[48], sql[512];
+	snprintf(sql, sizeof(sql),
+		 ACCOUNT_INSERT "(%" PRIu64 ",%u,%s,%s,%s,%" PRIu64 ")"
+		 ACCOUNT_UPSERT,
+		 a->id, a->flags & SETTLE_ACCOUNT_FLAGS_ALL,
+		 dec((settle_i128)a->debits_posted, d1),
+		 dec((settle_i128)a->credits_posted, d2),
+		 dec((settle_i128)a->credits_buffered, d3), p->pos);
 	return qs(p, sql);
 }
 
@@ -608,20 +585,22 @@ run_epoch(void *arg, const struct store_wal_epoch *ep)
 		const char *status =
 			settle_result_name((enum settle_result)out.results[i]);
 		bool cb = ok && !ps->credit_buffered;
+		p->tx_transfers++;
+		/* A buffered credit is a transfer row only: its account's
+		 * row is written at the merge (one balance update per
+		 * batch); `account_balances` adds what is still buffered. */
+		if (ok)
+			touch(p, op->ix);
+		if (cb)
+			touch(p, op->credit_ix);
 		if ((ok && !fits64(ps->debit_after)) ||
 		    (cb && !fits64(ps->credit_after))) {
-			if (flush_rows(p) != 0 ||
+			if (bulk_flush(&p->ins) != 0 ||
 			    insert_wide(p, op, status, ps, ok, ep->epoch) != 0)
 				return c->rc = -EIO;
-			p->tx_transfers++;
-			if (ok) {
-				touch(p, op->ix);
-				if (!ps->credit_buffered)
-					touch(p, op->credit_ix);
-			}
 			continue;
 		}
-		struct trow *r = &p->rows[p->nrows++];
+		struct trow *r = &p->rows[p->ins.n++];
 		r->lsn = op->lsn;
 		r->id = t->id;
 		r->debit = t->debit;
@@ -640,16 +619,7 @@ run_epoch(void *arg, const struct store_wal_epoch *ep)
 		r->cba_ind = cb ? STMT_INDICATOR_NONE : STMT_INDICATOR_NULL;
 		r->cba = cb ? (int64_t)ps->credit_after : 0;
 		r->buffered = ok && ps->credit_buffered;
-		p->tx_transfers++;
-		/* A buffered credit is a transfer row only: its account's
-		 * row is written at the merge (one balance update per
-		 * batch); `account_balances` adds what is still buffered. */
-		if (ok) {
-			touch(p, op->ix);
-			if (!ps->credit_buffered)
-				touch(p, op->credit_ix);
-		}
-		if (p->nrows == BULK_ROWS && flush_rows(p) != 0)
+		if (p->ins.n == BULK_ROWS && bulk_flush(&p->ins) != 0)
 			return c->rc = -EIO;
 	}
 	for (uint32_t i = 0; i < out.nbatches; i++) {
@@ -667,6 +637,8 @@ run_epoch(void *arg, const struct store_wal_epoch *ep)
 			  settle_merge_reason_name(b->reason));
 		p->ba.rows++;
 		touch(p, settle_seq_account_ix(sq, b->account));
+		if (p->ba.len > STMT_MAX && flush_insert(p, &p->ba) != 0)
+			return c->rc = -EIO;
 	}
 	return 0;
 }
@@ -731,10 +703,8 @@ project_batch(store_projection *p, uint64_t target)
 {
 	uint64_t from = p->pos;
 	p->tx_transfers = 0;
-	p->nrows = 0;
-	p->narows = 0;
+	p->ins.n = p->ups.n = 0;
 	sb_reset(&p->ba);
-	sb_reset(&p->ac);
 	struct run_ctx c = { p, true, 0 };
 	while (p->pos < target && p->tx_transfers < p->cfg.batch_max_rows) {
 		int rc = store_wal_reader_read(p->reader, p->pos + 1, run_epoch, &c);
@@ -743,59 +713,31 @@ project_batch(store_projection *p, uint64_t target)
 			return rc < 0 ? rc : c.rc;
 		}
 	}
-	int rc = flush_rows(p);
+	int rc = bulk_flush(&p->ins);
 	if (rc == 0)
 		rc = flush_insert(p, &p->ba);
 	const settle_ledger *l = settle_engine_ledger(p->eng);
-	char d1[48], d2[48], d3[48];
 	uint64_t hot_rows = 0;
 	for (uint32_t i = 0; rc == 0 && i < p->ntouched; i++) {
 		const struct settle_account *a = settle_ledger_at(l, p->touched_ix[i]);
 		if (a == NULL)
 			continue;
 		hot_rows += (a->flags & SETTLE_ACCOUNT_HOT_NOW) != 0;
-		if (a->debits_posted <= INT64_MAX && a->credits_posted <= INT64_MAX &&
-		    a->credits_buffered <= INT64_MAX) {
-			p->arows[p->narows++] = (struct arow){
-				a->id, a->flags & SETTLE_ACCOUNT_FLAGS_ALL,
-				(int64_t)a->debits_posted, (int64_t)a->credits_posted,
-				(int64_t)a->credits_buffered, p->pos,
-			};
-			if (p->narows == BULK_ROWS)
-				rc = flush_arows(p);
+		if (a->debits_posted > INT64_MAX || a->credits_posted > INT64_MAX ||
+		    a->credits_buffered > INT64_MAX) {
+			rc = bulk_flush(&p->ups) || upsert_wide(p, a) ? -1 : 0;
 			continue;
 		}
-		/* Past 64 bits: by text. */
-		if (p->ac.rows == 0)
-			sb_printf(&p->ac, "INSERT INTO accounts (id, flags, "
-				  "debits_posted, credits_posted, credits_buffered,"
-				  " updated_epoch) VALUES ");
-		sb_printf(&p->ac, "%s(%" PRIu64 ",%u,%s,%s,%s,%" PRIu64 ")",
-			  p->ac.rows ? "," : "", a->id,
-			  a->flags & SETTLE_ACCOUNT_FLAGS_ALL,
-			  dec((settle_i128)a->debits_posted, d1),
-			  dec((settle_i128)a->credits_posted, d2),
-			  dec((settle_i128)a->credits_buffered, d3), p->pos);
-		p->ac.rows++;
-		if (p->ac.len > STMT_MAX) {
-			sb_printf(&p->ac, " ON DUPLICATE KEY UPDATE "
-				  "debits_posted = VALUES(debits_posted), "
-				  "credits_posted = VALUES(credits_posted), "
-				  "credits_buffered = VALUES(credits_buffered), "
-				  "updated_epoch = VALUES(updated_epoch)");
-			rc = flush_insert(p, &p->ac);
-		}
+		p->arows[p->ups.n++] = (struct arow){
+			a->id, a->flags & SETTLE_ACCOUNT_FLAGS_ALL,
+			(int64_t)a->debits_posted, (int64_t)a->credits_posted,
+			(int64_t)a->credits_buffered, p->pos,
+		};
+		if (p->ups.n == BULK_ROWS)
+			rc = bulk_flush(&p->ups);
 	}
 	if (rc == 0)
-		rc = flush_arows(p);
-	if (rc == 0 && p->ac.rows > 0) {
-		sb_printf(&p->ac, " ON DUPLICATE KEY UPDATE "
-			  "debits_posted = VALUES(debits_posted), "
-			  "credits_posted = VALUES(credits_posted), "
-			  "credits_buffered = VALUES(credits_buffered), "
-			  "updated_epoch = VALUES(updated_epoch)");
-		rc = flush_insert(p, &p->ac);
-	}
+		rc = bulk_flush(&p->ups);
 	uint32_t accounts = p->ntouched;
 	untouch(p);
 	if (rc == 0) {
@@ -958,7 +900,7 @@ writer_main(void *arg)
 					       " WHERE id = 1", &applied, &none) != 0)
 				m = -1;
 			mysql_commit(p->db);
-			if (m == 0 && (prepare_insert(p) != 0 || prepare_upsert(p) != 0))
+			if (m == 0 && prepare_bulk(p) != 0)
 				m = -1;
 			if (m != 0) {
 				if (m == -1)
@@ -1108,7 +1050,6 @@ store_projection_stop(store_projection *p)
 	free(p->rows);
 	free(p->arows);
 	free(p->ba.s);
-	free(p->ac.s);
 	free(p->touched);
 	free(p->touched_ix);
 	pthread_mutex_destroy(&p->mu);

@@ -356,13 +356,7 @@ store_snap_newest_upto(const char *dir, uint64_t max_epoch)
 }
 
 int
-store_snap_prune(const char *dir, uint32_t keep)
-{
-	return store_snap_prune_base(dir, keep, UINT64_MAX);
-}
-
-int
-store_snap_prune_base(const char *dir, uint32_t keep, uint64_t base)
+store_snap_prune(const char *dir, uint32_t keep, uint64_t base)
 {
 	uint64_t epochs[256];
 	int n = list_snaps(dir, epochs, 256);

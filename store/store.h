@@ -134,7 +134,6 @@ int store_wal_reader_open(const char *dir, uint64_t from_epoch,
 int store_wal_reader_read(store_wal_reader *r, uint64_t until,
 			  int (*fn)(void *arg, const struct store_wal_epoch *ep),
 			  void *arg);
-uint64_t store_wal_reader_next_epoch(const store_wal_reader *r);
 void store_wal_reader_close(store_wal_reader *r);
 
 /*
@@ -271,15 +270,13 @@ int store_snap_write_state(const char *dir, uint64_t epoch, uint64_t next_lsn,
 int store_snap_restore(const struct store_snap *snap, settle_seq *q,
 		       settle_ledger *l);
 
-/* Delete all but the `keep` newest snapshots (and stale temporaries).
- * Returns how many were deleted. */
-int store_snap_prune(const char *dir, uint32_t keep);
+/* Delete all but the `keep` newest snapshots and the newest one of epoch
+ * <= base (what a projection at epoch base rebuilds from; UINT64_MAX:
+ * none besides). Returns how many were deleted. */
+int store_snap_prune(const char *dir, uint32_t keep, uint64_t base);
 /* The epoch of the newest snapshot file at or below max_epoch (by name),
  * 0 if none. */
 uint64_t store_snap_newest_upto(const char *dir, uint64_t max_epoch);
-/* The same, but the newest snapshot of epoch <= base is kept too (what a
- * projection at epoch base would rebuild from). */
-int store_snap_prune_base(const char *dir, uint32_t keep, uint64_t base);
 
 /* ---- the MariaDB projection (store/mariadb.c) ------------------------------ */
 

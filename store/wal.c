@@ -491,12 +491,6 @@ store_wal_reader_close(store_wal_reader *r)
 	free(r);
 }
 
-uint64_t
-store_wal_reader_next_epoch(const store_wal_reader *r)
-{
-	return r->next_epoch;
-}
-
 int
 store_wal_reader_read(store_wal_reader *r, uint64_t until,
 		      int (*fn)(void *arg, const struct store_wal_epoch *ep),

@@ -261,6 +261,17 @@ START_TEST(sighup_moves_the_window)
 			      strstr(hist, "\"reason\":\"peak_end\",\"count\":2,\"sum\":\"11\"") &&
 			      strstr(hist, "\"settled\":\"buffered\",\"batch_lsn\":"),
 		      "%s", hist);
+	/* Both buffered credits name that batch, by its LSN. */
+	const char *b = strstr(hist, "{\"type\":\"batch\"");
+	const char *l = b ? strstr(b, "\"lsn\":") : NULL;
+	ck_assert_ptr_nonnull(l);
+	char want[64];
+	snprintf(want, sizeof(want), "\"batch_lsn\":%llu}",
+		 strtoull(l + 6, NULL, 10));
+	const char *first = strstr(hist, want);
+	ck_assert_msg(first && strstr(first + 1, want) &&
+			      !strstr(strstr(first + 1, want) + 1, want),
+		      "%s not twice in %s", want, hist);
 	close(fd);
 }
 END_TEST
@@ -276,24 +287,30 @@ START_TEST(admin_peak_hot_merge)
 	const char *setup[] = { "ACCOUNT 1", "ACCOUNT 2", "ACCOUNT 3 hot" };
 	lines_ok(fd, setup, 3);
 	char r[4096];
-	dh_admin(&h, "hot add 2", r, sizeof(r));
-	ck_assert_msg(strstr(r, "\"ok\":true"), "%s", r);
-	dh_admin(&h, "hot add 2", r, sizeof(r));
-	ck_assert_msg(strstr(r, "already hot"), "%s", r);
-	dh_admin(&h, "hot add 99", r, sizeof(r));
-	ck_assert_msg(strstr(r, "no such account"), "%s", r);
-	dh_admin(&h, "hot del 3", r, sizeof(r));
-	ck_assert_msg(strstr(r, "flag"), "%s", r);
-	dh_admin(&h, "hot frob", r, sizeof(r));
-	ck_assert_msg(strstr(r, "\"error\""), "%s", r);
-	dh_admin(&h, "peak sideways", r, sizeof(r));
-	ck_assert_msg(strstr(r, "\"error\""), "%s", r);
-	dh_admin(&h, "history x", r, sizeof(r));
-	ck_assert_msg(strstr(r, "\"error\""), "%s", r);
-	dh_admin(&h, "history 2 --limit 0", r, sizeof(r));
-	ck_assert_msg(strstr(r, "\"error\""), "%s", r);
-	dh_admin(&h, "merge 1", r, sizeof(r));
-	ck_assert_msg(strstr(r, "not a hot account"), "%s", r);
+	static const struct {
+		const char *cmd, *want;
+	} cases[] = {
+		{ "hot add 2", "\"ok\":true" },
+		/* The refusals, each with its reason: */
+		{ "hot add 2", "already hot" },
+		{ "hot add 99", "no such account" },
+		{ "hot del 3", "flag" },
+		{ "hot frob", "\"error\"" },
+		{ "peak sideways", "\"error\"" },
+		{ "history x", "\"error\"" },
+		{ "history 2 --limit 0", "\"error\"" },
+		{ "merge 1", "not a hot account" },
+	};
+	for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		dh_admin(&h, cases[i].cmd, r, sizeof(r));
+		ck_assert_msg(strstr(r, cases[i].want), "%s: %s", cases[i].cmd, r);
+	}
+	/* ...and they changed nothing: 2 and 3 hot, peak off. */
+	dh_admin(&h, "hot", r, sizeof(r));
+	ck_assert_msg(strstr(r, "\"peak\":false") && strstr(r, "\"count\":2,") &&
+			      strstr(r, "{\"id\":2,\"reason\":\"admin\"") &&
+			      strstr(r, "{\"id\":3,\"reason\":\"flag\""),
+		      "%s", r);
 	dh_admin(&h, "peak on", r, sizeof(r));
 	wait_admin("peak", "\"peak\":true", true, 2000);
 	const char *pay[] = { "TRANSFER 20 1 2 7" };
@@ -321,14 +338,11 @@ static Suite *
 hot_suite(void)
 {
 	Suite *s = suite_create("hot");
-	TCase *tc = tcase_create("hot");
-	tcase_add_checked_fixture(tc, NULL, teardown);
-	tcase_set_timeout(tc, 120);
+	TCase *tc = dh_tcase(s, "hot", NULL, teardown, 120);
 	tcase_add_test(tc, crash_in_peak_recovers_buffers);
 	tcase_add_test(tc, auto_detection_real_process);
 	tcase_add_test(tc, sighup_moves_the_window);
 	tcase_add_test(tc, admin_peak_hot_merge);
-	suite_add_tcase(s, tc);
 	return s;
 }
 

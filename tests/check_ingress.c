@@ -748,43 +748,29 @@ static Suite *
 ingress_suite(void)
 {
 	Suite *s = suite_create("ingress");
-	TCase *tc = tcase_create("protocol");
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_set_timeout(tc, 120);
+	TCase *tc = dh_tcase(s, "protocol", setup, teardown, 120);
 	tcase_add_test(tc, protocol_conformance_cases);
 	tcase_add_test(tc, bad_input_changes_nothing);
 	tcase_add_test(tc, pipelining_past_the_bound);
 	tcase_add_test(tc, tcp_listener);
 	tcase_add_test(tc, graceful_stop_answers_in_flight);
 	tcase_add_test(tc, admin_views_of_the_ledger);
-	suite_add_tcase(s, tc);
 
 	/* Its own case: the TSan build runs it (shard threads). */
-	tc = tcase_create("shards");
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_set_timeout(tc, 600);
+	tc = dh_tcase(s, "shards", setup, teardown, 600);
 	tcase_add_test(tc, replay_is_independent_of_shards);
-	suite_add_tcase(s, tc);
 
-	tc = tcase_create("snapshot");
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_set_timeout(tc, 120);
+	tc = dh_tcase(s, "snapshot", setup, teardown, 120);
 	tcase_add_test(tc, snapshot_then_crash_replays_only_the_tail);
 	tcase_add_test(tc, damaged_newest_snapshot_falls_back);
 	tcase_add_test(tc, snapshot_without_its_log_refuses_start);
 	tcase_add_test(tc, kill_during_snapshot_restarts_at_once);
-	suite_add_tcase(s, tc);
 
-	tc = tcase_create("disk");
-	tcase_add_checked_fixture(tc, setup, teardown);
+	tc = dh_tcase(s, "disk", setup, teardown, 0);
 	tcase_add_test(tc, wal_disk_limit_refuses_then_recovers);
-	suite_add_tcase(s, tc);
 
-	tc = tcase_create("crash");
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_set_timeout(tc, 300);
+	tc = dh_tcase(s, "crash", setup, teardown, 300);
 	tcase_add_test(tc, crash_recovery_answered_exactly_once);
-	suite_add_tcase(s, tc);
 	return s;
 }
 

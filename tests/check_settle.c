@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dove.h"
 #include "harness.h"
 #include "settle.h"
 
@@ -99,14 +100,6 @@ collect_batch(void *arg, const struct settle_batch *b)
 	e->batches[e->nbatches++] = *b;
 }
 
-/* Seen by every shard (as server/core.c dispatches them). */
-static bool
-broadcast(const struct settle_op *op)
-{
-	return op->type == SETTLE_REC_PEAK ||
-	       (op->type == SETTLE_REC_MERGE && op->u.ctl.account == 0);
-}
-
 static void
 engine_init(struct engine *e, uint32_t nshards, uint32_t capacity)
 {
@@ -133,19 +126,14 @@ engine_epoch(struct engine *e, struct settle_op *ops, uint32_t n,
 	engine_index(e, ops, n);
 	for (uint32_t i = 0; i < n; i++) {
 		ops[i].where = i;
-		for (uint32_t s = 0; broadcast(&ops[i]) && s < e->nshards; s++) {
+		/* As server/core.c dispatches them. */
+		uint32_t to = settle_op_shard(&ops[i], e->nshards);
+		for (uint32_t s = 0; s < e->nshards; s++) {
+			if (to != SETTLE_ALL_SHARDS && s != to)
+				continue;
 			where[s][count[s]] = i;
 			mine[s][count[s]++] = ops[i];
 		}
-		if (broadcast(&ops[i]))
-			continue;
-		uint64_t key = ops[i].type == SETTLE_REC_ACCOUNT ? ops[i].u.account.id
-			       : ops[i].type == SETTLE_REC_TRANSFER
-				       ? ops[i].u.transfer.debit
-				       : ops[i].u.ctl.account;
-		uint32_t s = settle_shard_of(key, e->nshards);
-		where[s][count[s]] = i;
-		mine[s][count[s]++] = ops[i];
 	}
 	struct settle_shard_out out = { route_credit, collect_batch, e, e->posts };
 	memset(e->nlegs, 0, sizeof(e->nlegs));
@@ -453,6 +441,78 @@ START_TEST(sketch_finds_the_hot_account)
 	ck_assert_uint_lt(settle_sketch_estimate(k, 777), level / 2);
 	ck_assert_uint_eq(settle_sketch_heavy(k, heavy, 8), 0);
 	settle_sketch_destroy(k);
+}
+END_TEST
+
+/* One decimal formatter for every 128-bit number that leaves doved:
+ * the ends of both ranges and the values around zero. */
+START_TEST(decimal_text_of_128_bits)
+{
+	static const struct {
+		__int128 v;
+		const char *want;
+	} cases[] = {
+		{ 0, "0" }, { 1, "1" }, { -1, "-1" }, { 1000000007, "1000000007" },
+		{ (__int128)(((unsigned __int128)1 << 127) - 1),
+		  "170141183460469231731687303715884105727" },
+		{ (__int128)((unsigned __int128)1 << 127),
+		  "-170141183460469231731687303715884105728" },
+	};
+	char b[48];
+	for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		size_t n = settle_i128_text(b, cases[i].v);
+		b[n] = '\0';
+		ck_assert_str_eq(b, cases[i].want);
+	}
+	size_t n = settle_u128_text(b, ~(unsigned __int128)0);
+	b[n] = '\0';
+	ck_assert_str_eq(b, "340282366920938463463374607431768211455");
+}
+END_TEST
+
+/* Replay decides each logged record again: a chain comes out whole with
+ * its indexes; a refused record, an unknown type or size, and a record
+ * inside an open chain are errors, each told apart. */
+START_TEST(relog_decides_again)
+{
+	settle_seq *q;
+	ck_assert_int_eq(settle_seq_create(16, 16, 4, &q), 0);
+	struct settle_relog c = { .len = 0 };
+	struct settle_op ops[SETTLE_CHAIN_MAX];
+	uint32_t n = 99;
+	struct settle_account_rec a1 = { 1, 0, 0 }, a2 = { 2, 0, 0 };
+	ck_assert_int_eq(settle_seq_relog(q, &c, SETTLE_REC_ACCOUNT, &a1,
+					  sizeof(a1), ops, &n), 0);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_uint_eq(ops[0].ix, 0);
+	ck_assert_int_eq(settle_seq_relog(q, &c, SETTLE_REC_ACCOUNT, &a2,
+					  sizeof(a2), ops, &n), 0);
+	ck_assert_uint_eq(ops[0].ix, 1);
+	/* The same account again: the sequencer refuses, the log is wrong. */
+	ck_assert_int_eq(settle_seq_relog(q, &c, SETTLE_REC_ACCOUNT, &a1,
+					  sizeof(a1), ops, &n), -DOVE_ECORRUPT);
+	ck_assert_int_eq(settle_seq_relog(q, &c, 77, &a1, sizeof(a1), ops, &n),
+			 -EINVAL);
+	ck_assert_int_eq(settle_seq_relog(q, &c, SETTLE_REC_ACCOUNT, &a1, 8, ops,
+					  &n), -EINVAL);
+	struct settle_transfer t1 = { .id = 10, .debit = 1, .credit = 2,
+				      .amount = 5, .flags = SETTLE_TRANSFER_LINKED };
+	struct settle_transfer t2 = { .id = 11, .debit = 1, .credit = 2,
+				      .amount = 6 };
+	ck_assert_int_eq(settle_seq_relog(q, &c, SETTLE_REC_TRANSFER, &t1,
+					  sizeof(t1), ops, &n), 0);
+	ck_assert_uint_eq(n, 0); /* held until the chain ends */
+	struct settle_ctl_rec peak = { 0, 1, 0 };
+	ck_assert_int_eq(settle_seq_relog(q, &c, SETTLE_REC_PEAK, &peak,
+					  sizeof(peak), ops, &n), -EINVAL);
+	ck_assert_int_eq(settle_seq_relog(q, &c, SETTLE_REC_TRANSFER, &t2,
+					  sizeof(t2), ops, &n), 0);
+	ck_assert_uint_eq(n, 2);
+	ck_assert_uint_eq(c.len, 0);
+	ck_assert_uint_eq(ops[0].u.transfer.id, 10);
+	ck_assert_uint_eq(ops[1].u.transfer.id, 11);
+	ck_assert(ops[1].ix == 0 && ops[1].credit_ix == 1);
+	settle_seq_destroy(q);
 }
 END_TEST
 
@@ -1498,6 +1558,8 @@ settle_suite(void)
 	tcase_add_test_raise_signal(tc, creating_an_existing_account_aborts,
 				    SIGABRT);
 	tcase_add_test(tc, result_names);
+	tcase_add_test(tc, decimal_text_of_128_bits);
+	tcase_add_test(tc, relog_decides_again);
 	tcase_add_test(tc, hot_debit_merges_first);
 	tcase_add_test(tc, peak_end_and_hot_off_merge);
 	tcase_add_test(tc, sketch_finds_the_hot_account);

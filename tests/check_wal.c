@@ -914,7 +914,15 @@ START_TEST(snapshot_round_trip_fallback_prune)
 
 	write_snap(12, 1, 0);
 	write_snap(15, 1, 0);
-	ck_assert_int_eq(store_snap_prune(dir, 2), 2); /* 9 and 5 go */
+	/* A projection at epoch 6 rebuilds from 5: it stays with the two
+	 * newest, 9 goes. */
+	ck_assert_int_eq(store_snap_prune(dir, 2, 6), 1);
+	ck_assert_uint_eq(store_snap_newest_upto(dir, 6), 5);
+	ck_assert_int_eq(store_snap_load_upto(dir, 14, &sn), 1);
+	ck_assert_uint_eq(sn.epoch, 12);
+	store_snap_release(&sn);
+	ck_assert_int_eq(store_snap_prune(dir, 2, UINT64_MAX), 1); /* 5 goes */
+	ck_assert_uint_eq(store_snap_newest_upto(dir, 6), 0);
 	ck_assert_int_eq(store_snap_load_newest(dir, &sn), 1);
 	ck_assert_uint_eq(sn.epoch, 15);
 	store_snap_release(&sn);

@@ -322,3 +322,16 @@ dh_crash_life(struct dh *h, int conns, uint64_t *next_id, uint64_t max_id,
 		close(fds[c]);
 	dh_start(h);
 }
+
+TCase *
+dh_tcase(Suite *s, const char *name, void (*setup)(void),
+	 void (*teardown)(void), double timeout_s)
+{
+	TCase *tc = tcase_create(name);
+	if (setup || teardown)
+		tcase_add_checked_fixture(tc, setup, teardown);
+	if (timeout_s > 0)
+		tcase_set_timeout(tc, timeout_s);
+	suite_add_tcase(s, tc);
+	return tc;
+}

@@ -76,6 +76,11 @@ void dh_crash_life(struct dh *h, int conns, uint64_t *next_id, uint64_t max_id,
 		   void (*line)(uint64_t id, char *buf, size_t size),
 		   char (*answered)[32], unsigned seed);
 
+/* A test case of s with a per-test fixture (either may be NULL) and a
+ * timeout in seconds (0: Check's default). */
+TCase *dh_tcase(Suite *s, const char *name, void (*setup)(void),
+		void (*teardown)(void), double timeout_s);
+
 /* Run a Check suite, print its results; the exit status for main(). */
 int dh_run_suite(Suite *s);
 

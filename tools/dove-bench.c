@@ -34,6 +34,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "zipf.h"
+
 enum { CHANNEL = 1, ESCROW = 2, FEE = 3, PAYOUT = 4, MERCHANT0 = 1000,
        CUSTOMER0 = 1000000 };
 
@@ -89,16 +91,7 @@ static double *zipf_cdf;
 static int
 zipf_merchant(void)
 {
-	double u = (double)rand_r(&rnd_state) / RAND_MAX;
-	int lo = 0, hi = merchants - 1;
-	while (lo < hi) {
-		int mid = (lo + hi) / 2;
-		if (zipf_cdf[mid] < u)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return MERCHANT0 + lo;
+	return MERCHANT0 + zipf_draw(zipf_cdf, merchants, &rnd_state);
 }
 
 /* Append one O2O request (1 or 2 lines) to c->out; returns lines. */
@@ -329,15 +322,7 @@ main(int argc, char **argv)
 		return 2;
 	}
 	/* Zipf(1.1) over merchants: a handful take most of the orders. */
-	zipf_cdf = malloc((size_t)merchants * sizeof(double));
-	double norm = 0;
-	for (int i = 0; i < merchants; i++)
-		norm += 1.0 / pow(i + 1, 1.1);
-	double acc = 0;
-	for (int i = 0; i < merchants; i++) {
-		acc += 1.0 / pow(i + 1, 1.1) / norm;
-		zipf_cdf[i] = acc;
-	}
+	zipf_cdf = zipf_cdf_make(merchants, 1.1);
 	if (setup) {
 		double t0 = now_s();
 		create_accounts();

@@ -26,6 +26,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "zipf.h"
+
 enum { CHANNEL = 1, ESCROW = 2, FEE = 3, MERCHANT0 = 1000 };
 
 static const char *sock, *user = "root", *pass = "", *dbname = "dove";
@@ -108,16 +110,7 @@ leg(MYSQL *db, uint64_t id, int debit, int credit, uint64_t amount)
 static int
 zipf(unsigned *seed)
 {
-	double u = (double)rand_r(seed) / RAND_MAX;
-	int lo = 0, hi = merchants - 1;
-	while (lo < hi) {
-		int mid = (lo + hi) / 2;
-		if (zipf_cdf[mid] < u)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return MERCHANT0 + lo;
+	return MERCHANT0 + zipf_draw(zipf_cdf, merchants, seed);
 }
 
 static void *
@@ -184,12 +177,7 @@ main(int argc, char **argv)
 				"1..64)\n");
 		return 2;
 	}
-	zipf_cdf = malloc((size_t)merchants * sizeof(double));
-	double norm = 0, acc = 0;
-	for (int i = 0; i < merchants; i++)
-		norm += 1.0 / pow(i + 1, 1.1);
-	for (int i = 0; i < merchants; i++)
-		zipf_cdf[i] = (acc += 1.0 / pow(i + 1, 1.1) / norm);
+	zipf_cdf = zipf_cdf_make(merchants, 1.1);
 
 	MYSQL *db = dial();
 	must(db, "DROP TABLE IF EXISTS naive_accounts, naive_transfers");
