@@ -147,6 +147,8 @@ struct core {
 	pid_t snap_child;
 	uint64_t snap_child_epoch;
 	uint64_t snap_last_epoch; /* newest snapshot on disk */
+	uint64_t retired_base;    /* the WAL is retired up to this snapshot */
+	uint64_t retire_applied;  /* the projection's epoch retire() last saw */
 	uint64_t next_lsn;        /* after the last executed epoch */
 	struct server_ev snap_timer;
 	uint64_t snap_last_ns;
@@ -1098,32 +1100,50 @@ server_core_request_snapshot(void)
 
 static void check_wal_disk(struct core *k);
 
-/* After a snapshot is on disk: keep `keep` of them, retire the WAL behind
- * the newest. */
-static void
-snapshot_done(struct core *k, uint64_t epoch)
+/* Where the log may be cut: the newest snapshot, or with a projection
+ * the newest snapshot at or below its applied_epoch (it rebuilds from
+ * that snapshot and replays the log from there). */
+static uint64_t
+retention_base(struct core *k, const char *snap_dir)
 {
-	k->snap_last_epoch = epoch;
-	k->snaps_taken++;
+	if (k->proj == NULL)
+		return k->snap_last_epoch;
+	struct store_projection_stats ps;
+	store_projection_stats_get(k->proj, &ps);
+	return store_snap_newest_upto(snap_dir, ps.applied_epoch);
+}
+
+/* Keep `keep` snapshots and retire the WAL behind the base. */
+static void
+retire(struct core *k, bool prune)
+{
 	uint32_t keep;
 	char dir[PATH_MAX];
 	urcu_memb_read_lock();
 	keep = (uint32_t)server_config_get()->snapshot_keep;
 	snprintf(dir, sizeof(dir), "%s", server_config_get()->snapshot_dir);
 	urcu_memb_read_unlock();
-	/* The projection rebuilds from the newest snapshot at or below its
-	 * applied_epoch and replays the log from there: keep both. */
-	uint64_t base = epoch;
-	if (k->proj) {
-		struct store_projection_stats ps;
-		store_projection_stats_get(k->proj, &ps);
-		base = store_snap_newest_upto(dir, ps.applied_epoch);
-	}
-	store_snap_prune(dir, keep, base);
+	uint64_t base = retention_base(k, dir);
+	if (!prune && base <= k->retired_base)
+		return;
+	if (prune)
+		store_snap_prune(dir, keep, base);
 	int rc = store_wal_retire(k->wal, base + 1);
-	DOVE_INFO("snapshot of epoch %llu written; %d WAL segment(s) retired",
-		  (unsigned long long)epoch, rc < 0 ? 0 : rc);
+	if (base > k->retired_base)
+		k->retired_base = base;
+	DOVE_INFO("WAL retired up to snapshot %llu: %d segment(s) deleted",
+		  (unsigned long long)base, rc < 0 ? 0 : rc);
 	check_wal_disk(k);
+}
+
+/* After a snapshot is on disk. */
+static void
+snapshot_done(struct core *k, uint64_t epoch)
+{
+	k->snap_last_epoch = epoch;
+	k->snaps_taken++;
+	DOVE_INFO("snapshot of epoch %llu written", (unsigned long long)epoch);
+	retire(k, true);
 }
 
 void
@@ -1302,14 +1322,32 @@ check_wal_disk(struct core *k)
 	uint64_t used = (uint64_t)ws.segments * seg;
 	bool full = max > 0 && used >= max;
 	if (full != k->wal_full) {
+		/* Say what holds the log: the projection's lag, or no
+		 * recent snapshot. */
+		char why[384];
+		struct store_projection_stats ps = { 0 };
+		if (k->proj)
+			store_projection_stats_get(k->proj, &ps);
+		if (k->proj)
+			snprintf(why, sizeof(why),
+				 "the log is kept from the newest snapshot at or "
+				 "below what the MariaDB projection has written; "
+				 "newest snapshot: epoch %" PRIu64 ", the projection "
+				 "has written up to epoch %" PRIu64 " of %" PRIu64
+				 " (`dovectl store`, `dovectl snapshot`)",
+				 k->snap_last_epoch, ps.applied_epoch,
+				 k->last_epoch);
+		else
+			snprintf(why, sizeof(why),
+				 "no snapshot since epoch %" PRIu64 " of %" PRIu64
+				 " (`dovectl snapshot`, [snapshot] every_s)",
+				 k->snap_last_epoch, k->last_epoch);
 		if (full)
 			DOVE_ERROR("the WAL holds %" PRIu64 " MiB >= [wal] "
 				   "max_disk_mb %" PRIu64 ": refusing new work "
-				   "(unavailable) until segments can be retired "
-				   "(snapshot epoch %" PRIu64 "%s)",
-				   used, max, k->snap_last_epoch,
-				   k->proj ? "; see `dovectl store` for the "
-					     "projection's lag" : "");
+				   "(unavailable) until segments can be retired: "
+				   "%s",
+				   used, max, why);
 		else
 			DOVE_INFO("the WAL holds %" PRIu64 " MiB again: accepting "
 				  "work", used);
@@ -1321,6 +1359,16 @@ static void
 core_tick(struct core *k, uint64_t now)
 {
 	struct hot_cfg h;
+	/* A projection that caught up frees the log behind the snapshots
+	 * it has passed, without waiting for the next snapshot. */
+	if (k->proj && k->snap_last_epoch > k->retired_base) {
+		struct store_projection_stats ps;
+		store_projection_stats_get(k->proj, &ps);
+		if (ps.applied_epoch != k->retire_applied) {
+			k->retire_applied = ps.applied_epoch;
+			retire(k, false);
+		}
+	}
 	check_wal_disk(k);
 	hot_cfg_get(&h);
 	settle_seq_set_merge_max(k->seq, (uint64_t)h.merge_max);

@@ -330,6 +330,30 @@ server_pid(const char *socket_path)
 	return pid;
 }
 
+/* SIGSTOP the server; a guard process SIGCONTs it after `secs` whatever
+ * happens to the test. */
+static pid_t
+stop_server(pid_t db_pid, unsigned secs)
+{
+	pid_t guard = fork();
+	if (guard == 0) {
+		setsid(); /* check kills the test's process group */
+		sleep(secs);
+		kill(db_pid, SIGCONT);
+		_exit(0);
+	}
+	kill(db_pid, SIGSTOP);
+	return guard;
+}
+
+static void
+resume_server(pid_t db_pid, pid_t guard)
+{
+	kill(db_pid, SIGCONT);
+	kill(guard, SIGKILL);
+	waitpid(guard, NULL, 0);
+}
+
 static void
 pay(int first, int n)
 {
@@ -365,14 +389,7 @@ START_TEST(outage_then_catch_up)
 	pay(100, 50);
 	caught_up();
 	pid_t db_pid = server_pid(sock);
-	/* Whatever happens to this test, the server comes back. */
-	pid_t guard = fork();
-	if (guard == 0) {
-		sleep(15);
-		kill(db_pid, SIGCONT);
-		_exit(0);
-	}
-	kill(db_pid, SIGSTOP);
+	pid_t guard = stop_server(db_pid, 15);
 	pay(200, 300); /* every one answered OK while MariaDB is away */
 	ck_assert_uint_ge(lag_epochs(), 1);
 	char r[8192] = "";
@@ -381,9 +398,7 @@ START_TEST(outage_then_catch_up)
 		usleep(50000);
 	}
 	ck_assert_msg(strstr(r, "\"state\":\"failed\""), "%s", r);
-	kill(db_pid, SIGCONT);
-	kill(guard, SIGKILL);
-	waitpid(guard, NULL, 0);
+	resume_server(db_pid, guard);
 	caught_up();
 	store_verify_ok();
 	ck_assert_uint_eq(sql_u64("SELECT COUNT(*) FROM transfers"), 350);
@@ -534,6 +549,69 @@ START_TEST(lost_database_cannot_be_rebuilt)
 }
 END_TEST
 
+/* [wal] max_disk_mb with MariaDB away: the log keeps every epoch the
+ * projection has not written, so it fills; at the limit new work is
+ * refused `unavailable` (and changes nothing) and the log says the
+ * projection holds it. When MariaDB returns, the projection catches up
+ * and the log is cut behind the snapshot taken meanwhile, without
+ * waiting for another: work is taken again, every answered transfer is
+ * in MariaDB once. Input tried: pipelined transfers past a 3 MiB log. */
+START_TEST(disk_limit_waits_for_the_projection)
+{
+	start_with("read_timeout_s = 1\nwrite_timeout_s = 1\n"
+		   "[wal]\nsegment_mb = 1\nmax_epoch_kb = 256\nmax_disk_mb = 3\n"
+		   "[snapshot]\nevery_s = 0\n");
+	int fd = dh_ingress(&h);
+	send_ok(fd, "ACCOUNT 1");
+	send_ok(fd, "ACCOUNT 2");
+	caught_up();
+	pid_t db_pid = server_pid(sock);
+	pid_t guard = stop_server(db_pid, 40);
+	/* ~56 bytes a transfer: 3 MiB is ~55,000. */
+	int ok = dh_fill_until_refused(fd, 1000);
+	char bal[256], r[256], st[16384];
+	ck_assert(dh_cmd_fd(fd, "BALANCE 2", bal, sizeof(bal)));
+	/* A snapshot cannot free the log the projection still needs. */
+	dh_admin(&h, "snapshot", st, sizeof(st));
+	for (int t = 0; t < 100; t++) {
+		dh_admin(&h, "stats", st, sizeof(st));
+		if (!strstr(st, "\"snapshot_epoch\":0,"))
+			break;
+		usleep(50000);
+	}
+	ck_assert_msg(!strstr(st, "\"snapshot_epoch\":0,"), "%s", st);
+	usleep(300000);
+	ck_assert(dh_cmd_fd(fd, "TRANSFER 999999 1 2 1", r, sizeof(r)));
+	ck_assert_str_eq(r, "ERR 999999 unavailable");
+	ck_assert(dh_cmd_fd(fd, "BALANCE 2", r, sizeof(r)));
+	ck_assert_str_eq(r, bal);
+	ck_assert_uint_ge(lag_epochs(), 1);
+	static char log[1 << 20];
+	dh_read_file(h.log, log, sizeof(log));
+	ck_assert_msg(strstr(log, "max_disk_mb 3: refusing new work") &&
+			      strstr(log, "the projection has written up to epoch"),
+		      "%s", log);
+	resume_server(db_pid, guard);
+	caught_up();
+	/* No further snapshot: catching up is what frees the log. */
+	for (int t = 0; t < 100; t++) {
+		dh_admin(&h, "stats", st, sizeof(st));
+		if (strstr(st, "\"wal_full\":false"))
+			break;
+		usleep(50000);
+	}
+	ck_assert_msg(strstr(st, "\"wal_full\":false"), "%s", st);
+	send_ok(fd, "TRANSFER 999999 1 2 1");
+	close(fd);
+	caught_up();
+	store_verify_ok();
+	ck_assert_uint_eq(sql_u64("SELECT COUNT(*) FROM transfers"),
+			  (unsigned long long)ok + 1);
+	ck_assert_uint_eq(sql_u64("SELECT COUNT(DISTINCT id) FROM transfers"),
+			  (unsigned long long)ok + 1);
+}
+END_TEST
+
 static Suite *
 mariadb_suite(void)
 {
@@ -546,6 +624,8 @@ mariadb_suite(void)
 	tcase_add_test(tc, lost_database_cannot_be_rebuilt);
 	tcase_add_test(tc, outage_then_catch_up);
 	tcase_add_test(tc, failover_to_the_other_master);
+	tc = dh_tcase(s, "disk", setup, teardown, 180);
+	tcase_add_test(tc, disk_limit_waits_for_the_projection);
 	return s;
 }
 

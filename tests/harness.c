@@ -264,6 +264,38 @@ dh_lines(int fd, const char *const *lines, int n, char (*replies)[256])
 	return true;
 }
 
+int
+dh_fill_until_refused(int fd, int first_id)
+{
+	static char lines[500][48];
+	static const char *ptr[500];
+	static char rep[500][256];
+	int id = first_id, ok = 0;
+	bool refused = false;
+	for (int round = 0; round < 400 && !refused; round++) {
+		for (int i = 0; i < 500; i++) {
+			snprintf(lines[i], sizeof(lines[i]), "TRANSFER %d 1 2 1",
+				 id + i);
+			ptr[i] = lines[i];
+		}
+		ck_assert(dh_lines(fd, ptr, 500, rep));
+		for (int i = 0; i < 500; i++) {
+			refused = refused || strstr(rep[i], "unavailable");
+			if (refused)
+				ck_assert_msg(strstr(rep[i], "unavailable"),
+					      "after the limit: %s", rep[i]);
+			else
+				ck_assert_msg(strncmp(rep[i], "OK ", 3) == 0,
+					      "before the limit: %s", rep[i]);
+			ok += !refused;
+		}
+		id += 500;
+		usleep(20000);
+	}
+	ck_assert_msg(refused, "never refused after %d transfers", ok);
+	return ok;
+}
+
 void
 dh_crash_life(struct dh *h, int conns, uint64_t *next_id, uint64_t max_id,
 	      void (*line)(uint64_t id, char *buf, size_t size),

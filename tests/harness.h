@@ -55,6 +55,15 @@ int dh_ingress(struct dh *h);
  * replies[i] (each up to 256 bytes, '\n' stripped). False on EOF. */
 bool dh_lines(int fd, const char *const *lines, int n, char (*replies)[256]);
 
+/*
+ * Fill the log: pipeline "TRANSFER <id> 1 2 1" in rounds of 500 from
+ * first_id (20 ms apart: [wal] max_disk_mb is checked ten times a
+ * second) until one is refused `unavailable`; every reply before it must
+ * be OK and every one after it `unavailable`. Returns how many were
+ * answered OK (fails the test if none was refused).
+ */
+int dh_fill_until_refused(int fd, int first_id);
+
 /* Read one '\n'-terminated line from fd (byte by byte, so what follows
  * stays unread); '\n' stripped. False on EOF. */
 bool dh_read_line(int fd, char *buf, size_t size);
