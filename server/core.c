@@ -180,6 +180,15 @@ struct core {
 	bool wal_full;           /* [wal] max_disk_mb reached: refuse work */
 	uint64_t epoch_ns[4096]; /* each epoch's time (its log time), by epoch % 4096:
 				    the projection's lag in seconds */
+	/* ...and marks (epoch, time) for lags past 4096 epochs (1.5 s at
+	 * 100k transfers/s): one a second, and the first epoch after a
+	 * pause of 100 ms or more, so the epochs between two marks ran
+	 * within a second of the first (see epoch_time). Under steady load
+	 * they cover 68 minutes. */
+	struct lag_mark {
+		uint64_t epoch, ns;
+	} lag_marks[4096];
+	uint64_t nlag_marks;
 	uint64_t merges, merged_postings;
 	uint64_t realtime_postings, buffered_postings;
 	uint64_t hot_updates; /* balance updates of hot accounts */
@@ -932,6 +941,11 @@ run_epoch(struct core *k, uint64_t first, uint32_t count, uint64_t epoch,
 	}
 	account_epoch(k, first, count, epoch, time_ns);
 	k->epoch_ns[epoch % 4096] = time_ns;
+	if (k->nlag_marks == 0 ||
+	    time_ns - k->lag_marks[(k->nlag_marks - 1) % 4096].ns >= 1000000000u ||
+	    time_ns - k->epoch_ns[(epoch - 1) % 4096] >= 100000000u)
+		k->lag_marks[k->nlag_marks++ % 4096] =
+			(struct lag_mark){ epoch, time_ns };
 	if (k->proj)
 		store_projection_advance(k->proj, epoch);
 	k->epochs_run++;
@@ -1616,6 +1630,23 @@ struct hot_list {
 	uint32_t level_window_s;
 };
 
+
+/* When epoch e ran (it has run): exact from the last 4096 epochs; else
+ * the time of the last mark at or before it, at most a second early (a
+ * lag is never reported short); past the marks, the oldest one (then
+ * the lag is at least that). */
+static uint64_t
+epoch_time(const struct core *k, uint64_t e)
+{
+	if (k->last_epoch - e < 4096)
+		return k->epoch_ns[e % 4096];
+	uint64_t lo = k->nlag_marks > 4096 ? k->nlag_marks - 4096 : 0;
+	for (uint64_t i = k->nlag_marks; i > lo; i--)
+		if (k->lag_marks[(i - 1) % 4096].epoch <= e)
+			return k->lag_marks[(i - 1) % 4096].ns;
+	return k->nlag_marks ? k->lag_marks[lo % 4096].ns : 0;
+}
+
 static void
 list_hot(void *arg, uint64_t id, uint32_t reason)
 {
@@ -1715,13 +1746,9 @@ server_core_store_lag_json(struct json_buf *j)
 		json_kv_str(j, "active_host", ps.hosts[ps.active].name);
 		json_kv_u64(j, "applied_epoch", ps.applied_epoch);
 		json_kv_u64(j, "lag_epochs", lag);
-		/* Since the oldest epoch not projected ran (the ring holds the
-		 * last 4096; beyond that, at least that long). */
-		uint64_t first = ps.applied_epoch + 1;
-		uint64_t at = lag == 0 ? 0
-			      : lag < 4096 ? k->epoch_ns[first % 4096]
-					   : k->epoch_ns[(k->last_epoch + 1) % 4096];
+		uint64_t at = lag == 0 ? 0 : epoch_time(k, ps.applied_epoch + 1);
 		uint64_t now = wall_ns();
+		json_kv_u64(j, "lag_ms", at && now > at ? (now - at) / 1000000u : 0);
 		json_kv_u64(j, "lag_s", at && now > at ? (now - at) / 1000000000u : 0);
 	}
 	json_obj_end(j);

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -330,6 +331,14 @@ server_pid(const char *socket_path)
 	return pid;
 }
 
+static uint64_t
+now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 /* SIGSTOP the server; a guard process SIGCONTs it after `secs` whatever
  * happens to the test. */
 static pid_t
@@ -566,9 +575,20 @@ START_TEST(disk_limit_waits_for_the_projection)
 	send_ok(fd, "ACCOUNT 2");
 	caught_up();
 	pid_t db_pid = server_pid(sock);
-	pid_t guard = stop_server(db_pid, 40);
+	pid_t guard = stop_server(db_pid, 60);
+	uint64_t stopped = now_ms();
+	/* The lag in seconds must count from the first epoch MariaDB does
+	 * not have, even past the last 4096 epochs doved times exactly: one
+	 * transfer, a pause, then 4,200 more, one epoch each. */
+	send_ok(fd, "TRANSFER 500000 1 2 1");
+	sleep(2);
+	for (int i = 1; i <= 4200; i++) {
+		char line[64];
+		snprintf(line, sizeof(line), "TRANSFER %d 1 2 1", 500000 + i);
+		send_ok(fd, line);
+	}
 	/* ~56 bytes a transfer: 3 MiB is ~55,000. */
-	int ok = dh_fill_until_refused(fd, 1000);
+	int ok = 4201 + dh_fill_until_refused(fd, 1000);
 	char bal[256], r[256], st[16384];
 	ck_assert(dh_cmd_fd(fd, "BALANCE 2", bal, sizeof(bal)));
 	/* A snapshot cannot free the log the projection still needs. */
@@ -585,7 +605,16 @@ START_TEST(disk_limit_waits_for_the_projection)
 	ck_assert_str_eq(r, "ERR 999999 unavailable");
 	ck_assert(dh_cmd_fd(fd, "BALANCE 2", r, sizeof(r)));
 	ck_assert_str_eq(r, bal);
-	ck_assert_uint_ge(lag_epochs(), 1);
+	ck_assert_uint_gt(lag_epochs(), 4096);
+	dh_admin(&h, "store", st, sizeof(st));
+	uint64_t since = now_ms() - stopped;
+	const char *lm = strstr(st, "\"lag_ms\":");
+	ck_assert_ptr_nonnull(lm);
+	uint64_t lag_ms = strtoull(lm + 9, NULL, 10);
+	/* Past 4096 epochs it may be early by up to a second, never late. */
+	ck_assert_msg(lag_ms <= since + 1000 && lag_ms + 300 >= since,
+		      "lag %llu ms, MariaDB stopped %llu ms ago: %s",
+		      (unsigned long long)lag_ms, (unsigned long long)since, st);
 	static char log[1 << 20];
 	dh_read_file(h.log, log, sizeof(log));
 	ck_assert_msg(strstr(log, "max_disk_mb 3: refusing new work") &&
