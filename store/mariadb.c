@@ -276,9 +276,16 @@ drop_conn(store_projection *p)
 static void
 fail_host(store_projection *p, const char *what)
 {
+	/* The statement's error if a prepared statement failed. */
+	const char *why = !p->db ? "not connected"
+			  : *mysql_error(p->db) ? mysql_error(p->db)
+			  : p->ins.st && *mysql_stmt_error(p->ins.st)
+				  ? mysql_stmt_error(p->ins.st)
+			  : p->ups.st && *mysql_stmt_error(p->ups.st)
+				  ? mysql_stmt_error(p->ups.st)
+				  : "unknown error";
 	char msg[512];
-	snprintf(msg, sizeof(msg), "%s: %s", what,
-		 p->db ? mysql_error(p->db) : "not connected");
+	snprintf(msg, sizeof(msg), "%s: %s", what, why);
 	DOVE_WARN("mariadb %s: %s", p->st.hosts[p->host].name, msg);
 	host_state(p, p->host, "failed", msg);
 	drop_conn(p);
@@ -899,13 +906,19 @@ writer_main(void *arg)
 			if (m == 0 && query_u64(p, "SELECT applied_epoch FROM dove_state"
 					       " WHERE id = 1", &applied, &none) != 0)
 				m = -1;
-			mysql_commit(p->db);
+			if (m == 0 && mysql_commit(p->db) != 0)
+				m = -1;
 			if (m == 0 && prepare_bulk(p) != 0)
 				m = -1;
 			if (m != 0) {
-				if (m == -1)
+				if (m == -1) {
+					/* It takes connections but not our
+					 * statements (read-only, privileges):
+					 * not in a loop. */
 					fail_host(p, "schema");
-				else {
+					if (p->host <= tried)
+						back_off(p, 1000);
+				} else {
 					drop_conn(p);
 					p->host = (p->host + 1) % p->st.nhosts;
 					back_off(p, 1000);
