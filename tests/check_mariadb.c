@@ -41,14 +41,21 @@ teardown(void)
 /* Run SQL as root over the socket; the output (tab separated, no
  * headers) into out. Fails the test on an error. */
 static void
-sql(const char *database, const char *stmt, char *out, size_t size)
+sql_at(const char *socket_path, const char *database, const char *stmt,
+       char *out, size_t size)
 {
 	char cmd[4096];
 	snprintf(cmd, sizeof(cmd),
 		 "mariadb --no-defaults --socket='%s' -uroot -N -B %s -e \"%s\"",
-		 sock, database ? database : "", stmt);
+		 socket_path, database ? database : "", stmt);
 	int st = dh_run(cmd, out, size);
 	ck_assert_msg(st == 0, "%s: %s", stmt, out);
+}
+
+static void
+sql(const char *database, const char *stmt, char *out, size_t size)
+{
+	sql_at(sock, database, stmt, out, size);
 }
 
 static unsigned long long
@@ -434,6 +441,48 @@ START_TEST(outage_then_catch_up)
 }
 END_TEST
 
+/* SET GLOBAL read_only = 1 on a server; a guard process sets it back
+ * after `secs` whatever happens to the test. */
+static pid_t
+read_only_on(const char *socket_path, unsigned secs)
+{
+	pid_t guard = fork();
+	if (guard == 0) {
+		setsid(); /* check kills the test's process group */
+		sleep(secs);
+		execlp("mariadb", "mariadb", "--no-defaults", "-uroot", "-e",
+		       "SET GLOBAL read_only = 0", "--socket", socket_path,
+		       (char *)NULL);
+		_exit(1);
+	}
+	char out[256];
+	sql_at(socket_path, NULL, "SET GLOBAL read_only = 1", out, sizeof(out));
+	return guard;
+}
+
+static void
+read_only_off(const char *socket_path, pid_t guard)
+{
+	char out[256];
+	sql_at(socket_path, NULL, "SET GLOBAL read_only = 0", out, sizeof(out));
+	kill(guard, SIGKILL);
+	waitpid(guard, NULL, 0);
+}
+
+static void
+wait_active(int port)
+{
+	char r[8192] = "", want[64];
+	snprintf(want, sizeof(want), "\"active_host\":\"127.0.0.1:%d\"", port);
+	for (int t = 0; t < 200; t++) {
+		dh_admin(&h, "store", r, sizeof(r));
+		if (strstr(r, want) && strstr(r, "\"connected\":true"))
+			return;
+		usleep(50000);
+	}
+	ck_abort_msg("not active on port %d: %s", port, r);
+}
+
 /* A host turned read-only (a demoted master) under load: settlement goes
  * on, the host is reported failed with MariaDB's reason, and when it takes
  * writes again the projection catches up and verifies. doved writes as
@@ -451,16 +500,7 @@ START_TEST(read_only_host_is_left)
 	start_accounts(cfg);
 	pay(100, 20);
 	caught_up();
-	/* Whatever happens to this test, the server takes writes again. */
-	pid_t guard = fork();
-	if (guard == 0) {
-		setsid();
-		sleep(30);
-		execlp("mariadb", "mariadb", "--no-defaults", "-uroot", "-e",
-		       "SET GLOBAL read_only = 0", "--socket", sock, (char *)NULL);
-		_exit(1);
-	}
-	sql(NULL, "SET GLOBAL read_only = 1", out, sizeof(out));
+	pid_t guard = read_only_on(sock, 30);
 	pay(200, 100); /* every one answered OK */
 	char r[8192] = "";
 	for (int t = 0; t < 100 && !strstr(r, "\"failed\""); t++) {
@@ -475,12 +515,72 @@ START_TEST(read_only_host_is_left)
 	uint64_t f0 = store_u64("failures");
 	sleep(2);
 	ck_assert_uint_le(store_u64("failures") - f0, 4);
-	sql(NULL, "SET GLOBAL read_only = 0", out, sizeof(out));
-	kill(guard, SIGKILL);
-	waitpid(guard, NULL, 0);
+	read_only_off(sock, guard);
 	caught_up();
 	store_verify_ok();
 	ck_assert_uint_eq(sql_u64("SELECT COUNT(*) FROM transfers"), 120);
+}
+END_TEST
+
+/* The pair (see below), the first master turned read-only: the writer
+ * moves to the second. The first takes writes again: the writer stays
+ * where it is until `store failback`, then goes back, re-projects from
+ * the first's applied_epoch (which replication from the second moved
+ * on), and both masters hold every transfer once. Runs before the
+ * failover test, which kills the first master. */
+START_TEST(failback_only_when_told)
+{
+	const char *pair = getenv("DOVE_TEST_MARIADB_PAIR");
+	ck_assert_msg(pair && *pair, "DOVE_TEST_MARIADB_PAIR is not set: run "
+				     "through tools/test");
+	char dir[256], sock1[300], sock2[300], out[256], stmt[256];
+	int port;
+	ck_assert_int_eq(sscanf(pair, "%255s %d", dir, &port), 2);
+	snprintf(sock1, sizeof(sock1), "%s/1/sock", dir);
+	snprintf(sock2, sizeof(sock2), "%s/2/sock", dir);
+	/* Replicated to the second master with the grant. */
+	snprintf(stmt, sizeof(stmt), "CREATE DATABASE %s; GRANT ALL ON %s.* TO "
+		 "'dove'@'127.0.0.1'", db, db);
+	sql_at(sock1, NULL, stmt, out, sizeof(out));
+	char cfg[1024];
+	snprintf(cfg, sizeof(cfg),
+		 "[store]\nbackend = mariadb\n[mariadb]\n"
+		 "hosts = 127.0.0.1:%d,127.0.0.1:%d\nuser = dove\npassword = dove\n"
+		 "database = %s\nconnect_timeout_s = 1\nread_timeout_s = 2\n"
+		 "write_timeout_s = 2\nbatch_max_rows = 200\n",
+		 port, port + 1, db);
+	start_accounts(cfg);
+	pay(100, 50);
+	caught_up();
+	wait_active(port);
+	pid_t guard = read_only_on(sock1, 40);
+	pay(200, 100);
+	wait_active(port + 1);
+	caught_up();
+	read_only_off(sock1, guard);
+	pay(400, 50);
+	caught_up();
+	sleep(2); /* it does not go back on its own */
+	wait_active(port + 1);
+	char r[8192];
+	dh_admin(&h, "store failback", r, sizeof(r));
+	wait_active(port);
+	pay(500, 50);
+	caught_up();
+	store_verify_ok();
+	for (int n = 1; n <= 2; n++) {
+		/* The other master has it once replication has it. */
+		for (int t = 0; t < 100; t++) {
+			sql_at(n == 1 ? sock1 : sock2, db,
+			       "SELECT COUNT(*), COUNT(DISTINCT id) FROM transfers",
+			       out, sizeof(out));
+			if (strncmp(out, "250\t250", 7) == 0)
+				break;
+			usleep(50000);
+		}
+		ck_assert_msg(strncmp(out, "250\t250", 7) == 0, "master %d: %s", n,
+			      out);
+	}
 }
 END_TEST
 
@@ -715,6 +815,7 @@ mariadb_suite(void)
 	tcase_add_test(tc, lost_database_cannot_be_rebuilt);
 	tcase_add_test(tc, outage_then_catch_up);
 	tcase_add_test(tc, read_only_host_is_left);
+	tcase_add_test(tc, failback_only_when_told);
 	tcase_add_test(tc, failover_to_the_other_master);
 	tc = dh_tcase(s, "disk", setup, teardown, 180);
 	tcase_add_test(tc, disk_limit_waits_for_the_projection);
