@@ -803,6 +803,52 @@ START_TEST(disk_limit_waits_for_the_projection)
 }
 END_TEST
 
+/* MariaDB itself crashes (SIGKILL) in the middle of projecting under
+ * load and is started again (InnoDB recovery): the transaction it was
+ * writing is gone whole, the writer reconnects and re-projects from
+ * applied_epoch, and every transfer is there once. The server is
+ * restarted in a session of its own: Check kills the test's process
+ * group when the test ends. */
+START_TEST(mariadb_crash_mid_projection)
+{
+	start_with("");
+	int fd = dh_ingress(&h);
+	send_ok(fd, "ACCOUNT 1");
+	send_ok(fd, "ACCOUNT 2");
+	close(fd);
+	pay(100, 100);
+	caught_up();
+	unsigned port = (unsigned)sql_u64("SELECT @@port");
+	char dir[512];
+	snprintf(dir, sizeof(dir), "%s", sock);
+	char *cut = strstr(dir, "/1/sock");
+	ck_assert_ptr_nonnull(cut);
+	*cut = '\0';
+	pid_t db_pid = server_pid(sock);
+	pid_t killer = fork();
+	if (killer == 0) {
+		usleep(150000);
+		kill(db_pid, SIGKILL);
+		_exit(0);
+	}
+	pay(1000, 600); /* answered OK whatever MariaDB does */
+	waitpid(killer, NULL, 0);
+	for (int t = 0; t < 200 && kill(db_pid, 0) == 0; t++)
+		usleep(50000); /* not our child: until it is gone */
+	ck_assert_msg(kill(db_pid, 0) != 0, "mariadbd %d still there", (int)db_pid);
+	char cmd[1024], out[4096];
+	snprintf(cmd, sizeof(cmd), "setsid %s/tools/mariadb start '%s' %u",
+		 DOVE_SOURCE_DIR, dir, port);
+	ck_assert_msg(dh_run(cmd, out, sizeof(out)) == 0, "%s: %s", cmd, out);
+	caught_up();
+	ck_assert_uint_ge(store_u64("failures"), 1); /* it saw the crash */
+	store_verify_ok();
+	ck_assert_uint_eq(sql_u64("SELECT COUNT(*) FROM transfers"), 700);
+	ck_assert_uint_eq(sql_u64("SELECT COUNT(DISTINCT id) FROM transfers"), 700);
+	ck_assert_uint_eq(sql_u64("SELECT transfers FROM dove_state"), 700);
+}
+END_TEST
+
 static Suite *
 mariadb_suite(void)
 {
@@ -819,6 +865,9 @@ mariadb_suite(void)
 	tcase_add_test(tc, failover_to_the_other_master);
 	tc = dh_tcase(s, "disk", setup, teardown, 180);
 	tcase_add_test(tc, disk_limit_waits_for_the_projection);
+	/* Last: it restarts the server everything else uses. */
+	tc = dh_tcase(s, "crash", setup, teardown, 180);
+	tcase_add_test(tc, mariadb_crash_mid_projection);
 	return s;
 }
 
