@@ -1116,7 +1116,8 @@ static void check_wal_disk(struct core *k);
 
 /* Where the log may be cut: the newest snapshot, or with a projection
  * the newest snapshot at or below its applied_epoch (it rebuilds from
- * that snapshot and replays the log from there). */
+ * that snapshot and replays the log from there) — the one before it
+ * with more than one host. */
 static uint64_t
 retention_base(struct core *k, const char *snap_dir)
 {
@@ -1124,7 +1125,13 @@ retention_base(struct core *k, const char *snap_dir)
 		return k->snap_last_epoch;
 	struct store_projection_stats ps;
 	store_projection_stats_get(k->proj, &ps);
-	return store_snap_newest_upto(snap_dir, ps.applied_epoch);
+	uint64_t base = store_snap_newest_upto(snap_dir, ps.applied_epoch);
+	/* With another host to fail over to, keep a snapshot interval
+	 * more: that master is behind by its replication lag, and it needs
+	 * a snapshot at or below its applied_epoch and the log after it. */
+	if (ps.nhosts > 1 && base > 0)
+		base = store_snap_newest_upto(snap_dir, base - 1);
+	return base;
 }
 
 /* Keep `keep` snapshots and retire the WAL behind the base. */

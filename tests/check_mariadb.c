@@ -68,18 +68,43 @@ sql_u64(const char *stmt)
 
 /* doved with the MariaDB store on a fresh database. */
 static void
-start_with(const char *extra)
+start_on(const char *more_hosts, const char *extra)
 {
 	char out[1024], cfg[2048];
 	char create[128];
 	snprintf(create, sizeof(create), "CREATE DATABASE %s", db);
 	sql(NULL, create, out, sizeof(out));
 	snprintf(cfg, sizeof(cfg),
-		 "[store]\nbackend = mariadb\n[mariadb]\nhosts = unix:%s\n"
+		 "[store]\nbackend = mariadb\n[mariadb]\nhosts = unix:%s%s\n"
 		 "user = root\ndatabase = %s\nconnect_timeout_s = 1\n%s",
-		 sock, db, extra);
+		 sock, more_hosts, db, extra);
 	dh_init(&h, cfg);
 	dh_start(&h);
+}
+
+static void
+start_with(const char *extra)
+{
+	start_on("", extra);
+}
+
+/* rounds x 500 transfers 1 -> 2, pipelined, ids from first; all OK. */
+static void
+pipeline(int fd, int first, int rounds)
+{
+	static char lines[500][48];
+	static const char *ptr[500];
+	static char rep[500][256];
+	for (int round = 0; round < rounds; round++) {
+		for (int i = 0; i < 500; i++) {
+			snprintf(lines[i], sizeof(lines[i]), "TRANSFER %d 1 2 1",
+				 first + round * 500 + i);
+			ptr[i] = lines[i];
+		}
+		ck_assert(dh_lines(fd, ptr, 500, rep));
+		for (int i = 0; i < 500; i++)
+			ck_assert_msg(strncmp(rep[i], "OK ", 3) == 0, "%s", rep[i]);
+	}
 }
 
 /* Wait until the projection has every executed epoch. */
@@ -692,17 +717,7 @@ START_TEST(lost_database_cannot_be_rebuilt)
 	close(fd);
 	/* 30,000 transfers, pipelined: more than two 1 MiB segments. */
 	fd = dh_ingress(&h);
-	static char lines[500][48];
-	static const char *ptr[500];
-	static char rep[500][256];
-	for (int round = 0; round < 60; round++) {
-		for (int i = 0; i < 500; i++) {
-			snprintf(lines[i], sizeof(lines[i]), "TRANSFER %d 1 2 1",
-				 1000 + round * 500 + i);
-			ptr[i] = lines[i];
-		}
-		ck_assert(dh_lines(fd, ptr, 500, rep));
-	}
+	pipeline(fd, 1000, 60);
 	close(fd);
 	caught_up();
 	/* A clean stop snapshots; everything is projected, so the log
@@ -857,6 +872,54 @@ START_TEST(mariadb_crash_mid_projection)
 }
 END_TEST
 
+/* With a second host to fail over to, the log keeps a snapshot interval
+ * more than one host needs: the other master is behind by its
+ * replication lag and must find a snapshot at or below its
+ * applied_epoch and the log after it. Three loads with a snapshot after
+ * each of the first two: the log still holds the epoch after the first
+ * snapshot (with one host it would be cut at the second). */
+START_TEST(second_host_keeps_a_snapshot_more)
+{
+	start_on(",127.0.0.1:1", "[wal]\nsegment_mb = 1\nmax_epoch_kb = 256\n"
+				"[snapshot]\nevery_s = 0\nkeep = 1\n");
+	int fd = dh_ingress(&h);
+	send_ok(fd, "ACCOUNT 1");
+	send_ok(fd, "ACCOUNT 2");
+	uint64_t snaps[2] = { 0, 0 };
+	char out[256];
+	for (int load = 0; load < 3; load++) {
+		/* 30,000 transfers: more than two 1 MiB segments. */
+		pipeline(fd, 100000 * (load + 1), 60);
+		caught_up();
+		if (load == 2)
+			break;
+		char st[16384];
+		dh_admin(&h, "snapshot", st, sizeof(st));
+		for (int t = 0; t < 100; t++) {
+			dh_admin(&h, "stats", st, sizeof(st));
+			const char *p = strstr(st, "\"snapshot_epoch\":");
+			snaps[load] = p ? strtoull(p + 17, NULL, 10) : 0;
+			if (snaps[load] > (load ? snaps[0] : 0))
+				break;
+			usleep(50000);
+		}
+		ck_assert_uint_gt(snaps[load], load ? snaps[0] : 0);
+	}
+	close(fd);
+	usleep(500000); /* the tick retires behind the projection */
+	/* The oldest segment starts at or before the epoch after the first
+	 * snapshot, and what is before its segment was retired. */
+	char cmd[512];
+	snprintf(cmd, sizeof(cmd), "ls %s/data/wal | sort | head -1", h.dir);
+	ck_assert_int_eq(dh_run(cmd, out, sizeof(out)), 0);
+	uint64_t oldest = strtoull(out + 4, NULL, 10); /* wal-<first epoch>.log */
+	ck_assert_msg(strncmp(out, "wal-", 4) == 0 && oldest <= snaps[0] + 1 &&
+			      oldest > 1,
+		      "oldest segment %s; snapshots %llu, %llu", out,
+		      (unsigned long long)snaps[0], (unsigned long long)snaps[1]);
+}
+END_TEST
+
 static Suite *
 mariadb_suite(void)
 {
@@ -873,6 +936,7 @@ mariadb_suite(void)
 	tcase_add_test(tc, failover_to_the_other_master);
 	tc = dh_tcase(s, "disk", setup, teardown, 180);
 	tcase_add_test(tc, disk_limit_waits_for_the_projection);
+	tcase_add_test(tc, second_host_keeps_a_snapshot_more);
 	/* Last: it restarts the server everything else uses. */
 	tc = dh_tcase(s, "crash", setup, teardown, 180);
 	tcase_add_test(tc, mariadb_crash_mid_projection);
