@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #define DOVE_CACHELINE 64
 
@@ -116,5 +117,15 @@ dove_log_fileno(void);
 /* Level names as used in config ("error", "warn", "info", "debug"). */
 const char *
 dove_log_level_name(enum dove_log_level level);
+
+/* A clock in nanoseconds (CLOCK_MONOTONIC for intervals, CLOCK_REALTIME
+ * for times that are logged); the vDSO makes it no system call. */
+static inline uint64_t
+dove_clock_ns(clockid_t clk)
+{
+	struct timespec ts;
+	clock_gettime(clk, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 #endif /* DOVE_H */

@@ -95,9 +95,7 @@ ring_event_wake(struct ring_event *ev)
 static int64_t
 now_ns(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+	return (int64_t)dove_clock_ns(CLOCK_MONOTONIC);
 }
 
 bool

@@ -59,17 +59,13 @@ enum slot_state {
 static uint64_t
 wall_ns(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	return dove_clock_ns(CLOCK_REALTIME);
 }
 
 static uint64_t
 core_now_ns(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts); /* vDSO: no system call */
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	return dove_clock_ns(CLOCK_MONOTONIC);
 }
 
 struct slot {

@@ -191,6 +191,7 @@ struct store_projection {
 	uint8_t *touched; /* bitmap by ledger index */
 	uint32_t *touched_ix, ntouched;
 	uint64_t tx_transfers;
+	uint64_t used_ns; /* monotonic: the connection's last success */
 	char ts[32];  /* the epoch's time as DATETIME(6) text */
 	MYSQL_TIME ts_bin; /* ...and as the bulk INSERT binds it */
 
@@ -882,6 +883,33 @@ back_off(store_projection *p, int ms)
 	ring_event_wait(&p->ev, stopping, p, &wait, ms);
 }
 
+/*
+ * After a quiet second, is the connection still there? A server closes
+ * idle connections (wait_timeout, often minutes in production); that is
+ * not the host failing, and must not move a writer with several hosts
+ * off its preferred one. A closed connection is dropped and the same host
+ * connected again; only if that fails does the host count as failed.
+ */
+static bool
+still_connected(store_projection *p)
+{
+	uint64_t now = dove_clock_ns(CLOCK_MONOTONIC);
+	if (now - p->used_ns < 1000000000u)
+		return true;
+	if (mysql_ping(p->db) == 0) {
+		p->used_ns = now;
+		return true;
+	}
+	DOVE_INFO("mariadb %s: the connection was closed while idle (%s); "
+		  "connecting again",
+		  p->st.hosts[p->host].name, mysql_error(p->db));
+	drop_conn(p);
+	pthread_mutex_lock(&p->mu);
+	p->st.connected = false;
+	pthread_mutex_unlock(&p->mu);
+	return false;
+}
+
 static void *
 writer_main(void *arg)
 {
@@ -977,17 +1005,23 @@ writer_main(void *arg)
 			p->st.hosts[p->host].applied_epoch = applied;
 			pthread_mutex_unlock(&p->mu);
 			host_state(p, p->host, "active", "");
+			p->used_ns = dove_clock_ns(CLOCK_MONOTONIC);
 		}
-		if (atomic_load(&p->verify_asked) != p->st.verify.done) {
-			verify(p);
-			continue;
-		}
+		bool verify_asked = atomic_load(&p->verify_asked) != p->st.verify.done;
 		uint64_t target = atomic_load(&p->target);
-		if (p->pos >= target) {
+		if (!verify_asked && p->pos >= target) {
 			nap(p, 200);
 			continue;
 		}
+		if (!still_connected(p))
+			continue;
+		if (verify_asked) {
+			verify(p);
+			continue;
+		}
 		int rc = project_batch(p, target);
+		if (rc == 0)
+			p->used_ns = dove_clock_ns(CLOCK_MONOTONIC);
 		if (rc == -DOVE_ECORRUPT) {
 			DOVE_ERROR("mariadb: the log and the projection's replica "
 				   "disagree at epoch %" PRIu64 "; stopping the "

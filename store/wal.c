@@ -627,14 +627,6 @@ fsync_dir(const char *dir)
 	return rc;
 }
 
-static uint64_t
-now_ns(clockid_t clk)
-{
-	struct timespec ts;
-	clock_gettime(clk, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static void
 segs_push(store_wal *w, uint64_t first_epoch, const char *path)
 {
@@ -688,7 +680,7 @@ roll_segment(store_wal *w)
 		.first_epoch = w->next_epoch,
 		.first_lsn = w->next_lsn,
 		.segment_bytes = w->cfg.segment_bytes,
-		.created_ns = now_ns(CLOCK_REALTIME),
+		.created_ns = dove_clock_ns(CLOCK_REALTIME),
 	};
 	sh.crc = store_crc32c(0, &sh, sizeof(sh));
 	rc = io_pwrite_all(w, w->next_fd, &sh, sizeof(sh), 0);
@@ -736,7 +728,7 @@ commit(store_wal *w, struct buf *b, uint64_t *epoch, uint64_t *first_lsn)
 		.first_lsn = w->next_lsn,
 		.count = b->count,
 		.length = (uint32_t)payload,
-		.time_ns = now_ns(CLOCK_REALTIME),
+		.time_ns = dove_clock_ns(CLOCK_REALTIME),
 	};
 	DOVE_ASSERT_DEBUG(store_crc32c(0, b->data + sizeof(h), payload) ==
 			  b->crc);
@@ -792,10 +784,10 @@ committer_main(void *arg)
 		pthread_mutex_unlock(&w->mu);
 
 		uint64_t epoch = 0, first_lsn = 0;
-		uint64_t t0 = now_ns(CLOCK_MONOTONIC);
+		uint64_t t0 = dove_clock_ns(CLOCK_MONOTONIC);
 		int rc = poisoned ? -DOVE_EPOISONED
 				  : commit(w, b, &epoch, &first_lsn);
-		uint64_t dt = now_ns(CLOCK_MONOTONIC) - t0;
+		uint64_t dt = dove_clock_ns(CLOCK_MONOTONIC) - t0;
 		if (rc == 0) {
 			/* Find a full disk before the next epoch needs it. */
 			if (w->next_fd < 0 &&

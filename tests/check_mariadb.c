@@ -516,6 +516,40 @@ wait_active(int port)
 	ck_abort_msg("not active on port %d: %s", port, r);
 }
 
+/* The server closes doved's connection while it is idle (as wait_timeout
+ * does; here KILL CONNECTION): that is not the host failing. With a
+ * second host configured, the writer must stay on the first, count no
+ * failure, and write what comes next. */
+START_TEST(idle_disconnect_is_not_a_failure)
+{
+	start_on(",127.0.0.1:1", "");
+	int fd = dh_ingress(&h);
+	send_ok(fd, "ACCOUNT 1");
+	send_ok(fd, "ACCOUNT 2");
+	close(fd);
+	pay(100, 10);
+	caught_up();
+	uint64_t failures = store_u64("failures");
+	char stmt[256], out[256];
+	snprintf(stmt, sizeof(stmt), "SELECT id FROM information_schema.processlist"
+		 " WHERE db = '%s' AND command = 'Sleep'", db);
+	sql(NULL, stmt, out, sizeof(out));
+	unsigned long id = strtoul(out, NULL, 10);
+	ck_assert_msg(id > 0, "doved's connection not found: %s", out);
+	snprintf(stmt, sizeof(stmt), "KILL CONNECTION %lu", id);
+	sql(NULL, stmt, out, sizeof(out));
+	sleep(2); /* idle past the writer's check */
+	pay(200, 10);
+	caught_up();
+	ck_assert_uint_eq(store_u64("failures"), failures);
+	char r[8192], want[512];
+	dh_admin(&h, "store", r, sizeof(r));
+	snprintf(want, sizeof(want), "\"active_host\":\"unix:%s\"", sock);
+	ck_assert_msg(strstr(r, want), "%s", r);
+	ck_assert_uint_eq(sql_u64("SELECT COUNT(*) FROM transfers"), 20);
+}
+END_TEST
+
 /* A host turned read-only (a demoted master) under load: settlement goes
  * on, the host is reported failed with MariaDB's reason, and when it takes
  * writes again the projection catches up and verifies. doved writes as
@@ -932,6 +966,7 @@ mariadb_suite(void)
 	tcase_add_test(tc, lost_database_cannot_be_rebuilt);
 	tcase_add_test(tc, outage_then_catch_up);
 	tcase_add_test(tc, read_only_host_is_left);
+	tcase_add_test(tc, idle_disconnect_is_not_a_failure);
 	tcase_add_test(tc, failback_only_when_told);
 	tcase_add_test(tc, failover_to_the_other_master);
 	tc = dh_tcase(s, "disk", setup, teardown, 180);
