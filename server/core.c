@@ -1342,23 +1342,23 @@ check_wal_disk(struct core *k)
 		/* Say what holds the log: the projection's lag, or no
 		 * recent snapshot. */
 		char why[384];
-		struct store_projection_stats ps = { 0 };
-		if (k->proj)
+		struct store_projection_stats ps;
+		if (k->proj) {
 			store_projection_stats_get(k->proj, &ps);
-		if (k->proj)
 			snprintf(why, sizeof(why),
-				 "the log is kept from the newest snapshot at or "
-				 "below what the MariaDB projection has written; "
+				 "the log is kept from a snapshot at or below "
+				 "what the MariaDB projection has written; "
 				 "newest snapshot: epoch %" PRIu64 ", the projection "
 				 "has written up to epoch %" PRIu64 " of %" PRIu64
 				 " (`dovectl store`, `dovectl snapshot`)",
 				 k->snap_last_epoch, ps.applied_epoch,
 				 k->last_epoch);
-		else
+		} else {
 			snprintf(why, sizeof(why),
 				 "no snapshot since epoch %" PRIu64 " of %" PRIu64
 				 " (`dovectl snapshot`, [snapshot] every_s)",
 				 k->snap_last_epoch, k->last_epoch);
+		}
 		if (full)
 			DOVE_ERROR("the WAL holds %" PRIu64 " MiB >= [wal] "
 				   "max_disk_mb %" PRIu64 ": refusing new work "
@@ -1632,7 +1632,6 @@ struct hot_list {
 	struct json_buf *j;
 	uint32_t level_window_s;
 };
-
 
 /* When epoch e ran (it has run): exact from the last 4096 epochs; else
  * the time of the last mark at or before it, at most a second early (a
