@@ -619,9 +619,12 @@ run_epoch(void *arg, const struct store_wal_epoch *ep)
 		r->linked = (t->flags & SETTLE_TRANSFER_LINKED) != 0;
 		r->epoch = ep->epoch;
 		r->ts = p->ts_bin;
-		r->status_len = (unsigned long)snprintf(r->status,
-							sizeof(r->status), "%s",
-							status);
+		/* Row-wise binding needs the text in the row: a copy,
+		 * not a format, per transfer. */
+		size_t slen = strlen(status);
+		DOVE_ASSERT(slen < sizeof(r->status));
+		memcpy(r->status, status, slen);
+		r->status_len = (unsigned long)slen;
 		r->dba_ind = ok ? STMT_INDICATOR_NONE : STMT_INDICATOR_NULL;
 		r->dba = ok ? (int64_t)ps->debit_after : 0;
 		r->cba_ind = cb ? STMT_INDICATOR_NONE : STMT_INDICATOR_NULL;

@@ -36,22 +36,6 @@ lines_ok(int fd, const char *const *lines, int n)
 			      lines[i], rep[i]);
 }
 
-/* Poll admin cmd until its reply contains (or, want == false, lacks)
- * needle; fail after ms. */
-static void
-wait_admin(const char *cmd, const char *needle, bool want, int ms)
-{
-	static char r[1 << 16];
-	for (int t = 0; t <= ms; t += 20) {
-		dh_admin(&h, cmd, r, sizeof(r));
-		if ((strstr(r, needle) != NULL) == want)
-			return;
-		usleep(20000);
-	}
-	ck_abort_msg("after %d ms, `%s` %s '%s': %s", ms, cmd,
-		     want ? "still lacks" : "still has", needle, r);
-}
-
 static void
 kill9_and_restart(void)
 {
@@ -123,7 +107,7 @@ START_TEST(crash_in_peak_recovers_buffers)
 				"ACCOUNT 5 nonneg" };
 	lines_ok(fd, setup, 5);
 	close(fd);
-	wait_admin("hot", "\"reason\":\"config\"", true, 3000);
+	dh_wait_admin(&h, "hot", "\"reason\":\"config\"", true, 3000);
 
 	static char answered[12000][32];
 	uint64_t next_id = 100;
@@ -212,7 +196,7 @@ START_TEST(auto_detection_real_process)
 	close(fd);
 	/* No more load: normal again after the window in which it stopped
 	 * and one without postings (at most ~2 windows). */
-	wait_admin("hot", "\"id\":2", false, 3500);
+	dh_wait_admin(&h, "hot", "\"id\":2", false, 3500);
 }
 END_TEST
 
@@ -235,7 +219,7 @@ START_TEST(sighup_moves_the_window)
 		 from / 60, from % 60, to / 60, to % 60);
 	dh_init(&h, cfg);
 	dh_start(&h);
-	wait_admin("peak", "\"peak\":true", true, 2000);
+	dh_wait_admin(&h, "peak", "\"peak\":true", true, 2000);
 	int fd = dh_ingress(&h);
 	const char *setup[] = { "ACCOUNT 1", "ACCOUNT 2 hot",
 				"TRANSFER 10 1 2 5", "TRANSFER 11 1 2 6" };
@@ -250,8 +234,8 @@ START_TEST(sighup_moves_the_window)
 		 away_from / 60, away_from % 60, away_to / 60, away_to % 60);
 	dh_write_config(&h, cfg);
 	kill(h.pid, SIGHUP);
-	wait_admin("peak", "\"peak\":false", true, 2000);
-	wait_admin("stats", "\"peak_end\":1", true, 2000);
+	dh_wait_admin(&h, "peak", "\"peak\":false", true, 2000);
+	dh_wait_admin(&h, "stats", "\"peak_end\":1", true, 2000);
 	ck_assert(dh_cmd_fd(fd, "BALANCE 2", r, sizeof(r)));
 	ck_assert_str_eq(r, "BAL 2 11 0 0 hot");
 	/* Real time again: a credit posts at once. */
@@ -318,20 +302,20 @@ START_TEST(admin_peak_hot_merge)
 			      strstr(r, "{\"id\":3,\"reason\":\"flag\""),
 		      "%s", r);
 	dh_admin(&h, "peak on", r, sizeof(r));
-	wait_admin("peak", "\"peak\":true", true, 2000);
+	dh_wait_admin(&h, "peak", "\"peak\":true", true, 2000);
 	const char *pay[] = { "TRANSFER 20 1 2 7" };
 	lines_ok(fd, pay, 1);
 	ck_assert(dh_cmd_fd(fd, "BALANCE 2", r, sizeof(r)));
 	ck_assert_str_eq(r, "BAL 2 0 0 7 -");
 	dh_admin(&h, "merge 2", r, sizeof(r));
 	ck_assert_msg(strstr(r, "\"ok\":true"), "%s", r);
-	wait_admin("stats", "\"admin\":1", true, 2000);
+	dh_wait_admin(&h, "stats", "\"admin\":1", true, 2000);
 	ck_assert(dh_cmd_fd(fd, "BALANCE 2", r, sizeof(r)));
 	ck_assert_str_eq(r, "BAL 2 7 0 0 -");
 	dh_admin(&h, "hot del 2", r, sizeof(r));
 	ck_assert_msg(strstr(r, "\"ok\":true"), "%s", r);
 	dh_admin(&h, "peak auto", r, sizeof(r));
-	wait_admin("peak", "\"peak\":false", true, 2000);
+	dh_wait_admin(&h, "peak", "\"peak\":false", true, 2000);
 	/* The hot set and peak are in the log: a restart agrees. */
 	kill9_and_restart();
 	dh_admin(&h, "hot", r, sizeof(r));

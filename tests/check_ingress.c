@@ -708,13 +708,7 @@ START_TEST(wal_disk_limit_refuses_then_recovers)
 	ck_assert_str_eq(r, bal);
 	/* A snapshot lets the log retire: work is taken again. */
 	dh_admin(&h, "snapshot", st, sizeof(st));
-	for (int t = 0; t < 200; t++) {
-		dh_admin(&h, "stats", st, sizeof(st));
-		if (strstr(st, "\"wal_full\":false"))
-			break;
-		usleep(20000);
-	}
-	ck_assert_msg(strstr(st, "\"wal_full\":false"), "%s", st);
+	dh_wait_admin(&h, "stats", "\"wal_full\":false", true, 4000);
 	ck_assert(dh_cmd_fd(fd, "TRANSFER 999999 1 2 1", r, sizeof(r)));
 	ck_assert_msg(strncmp(r, "OK 999999 ", 10) == 0, "%s", r);
 	close(fd);

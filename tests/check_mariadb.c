@@ -141,6 +141,16 @@ send_ok(int fd, const char *line)
 	ck_assert_msg(strncmp(r, "OK ", 3) == 0, "%s -> %s", line, r);
 }
 
+/* The payer and the payee of every test that needs only those. */
+static void
+accounts_1_2(void)
+{
+	int fd = dh_ingress(&h);
+	send_ok(fd, "ACCOUNT 1");
+	send_ok(fd, "ACCOUNT 2");
+	close(fd);
+}
+
 /* An O2O workload with a peak, hot accounts and merges: every account's
  * counters and every transfer in MariaDB, sums balanced, batches there. */
 START_TEST(projection_equals_ledger)
@@ -156,13 +166,7 @@ START_TEST(projection_equals_ledger)
 		snprintf(line, sizeof(line), "ACCOUNT %d nonneg", m);
 		send_ok(fd, line);
 	}
-	char hot[4096];
-	for (int t = 0; t < 100; t++) {
-		dh_admin(&h, "hot", hot, sizeof(hot));
-		if (strstr(hot, "\"config\""))
-			break;
-		usleep(20000);
-	}
+	dh_wait_admin(&h, "hot", "\"config\"", true, 2000);
 	/* pay, settle (linked), withdraw (some refused: nonneg). */
 	char r[256];
 	int transfers = 0;
@@ -330,11 +334,9 @@ START_TEST(bad_config_names_the_host)
 		send_ok(fd, "ACCOUNT 2");
 		send_ok(fd, "TRANSFER 5 1 2 10"); /* settlement goes on */
 		close(fd);
-		char r[8192] = "";
-		for (int t = 0; t < 100 && !strstr(r, "\"failed\""); t++) {
-			dh_admin(&h, "store", r, sizeof(r));
-			usleep(50000);
-		}
+		dh_wait_admin(&h, "store", "\"state\":\"failed\"", true, 5000);
+		char r[8192];
+		dh_admin(&h, "store", r, sizeof(r));
 		ck_assert_msg(strstr(r, "\"state\":\"failed\"") &&
 				      strstr(r, cases[i].want) &&
 				      strstr(r, cases[i].unreachable ? "127.0.0.1:1"
@@ -421,10 +423,7 @@ start_accounts(const char *cfg)
 {
 	dh_init(&h, cfg);
 	dh_start(&h);
-	int fd = dh_ingress(&h);
-	send_ok(fd, "ACCOUNT 1");
-	send_ok(fd, "ACCOUNT 2");
-	close(fd);
+	accounts_1_2();
 }
 
 /* A number from `store`'s JSON (its first occurrence). */
@@ -451,21 +450,16 @@ lag_epochs(void)
 START_TEST(outage_then_catch_up)
 {
 	start_with("read_timeout_s = 1\nwrite_timeout_s = 1\n");
-	int fd = dh_ingress(&h);
-	send_ok(fd, "ACCOUNT 1");
-	send_ok(fd, "ACCOUNT 2");
-	close(fd);
+	accounts_1_2();
 	pay(100, 50);
 	caught_up();
 	pid_t db_pid = server_pid(sock);
 	pid_t guard = stop_server(db_pid, 15);
 	pay(200, 300); /* every one answered OK while MariaDB is away */
 	ck_assert_uint_ge(lag_epochs(), 1);
-	char r[8192] = "";
-	for (int t = 0; t < 100 && !strstr(r, "\"failed\""); t++) {
-		dh_admin(&h, "store", r, sizeof(r));
-		usleep(50000);
-	}
+	dh_wait_admin(&h, "store", "\"state\":\"failed\"", true, 5000);
+	char r[8192];
+	dh_admin(&h, "store", r, sizeof(r));
 	ck_assert_msg(strstr(r, "\"state\":\"failed\""), "%s", r);
 	resume_server(db_pid, guard);
 	caught_up();
@@ -523,10 +517,7 @@ wait_active(int port)
 START_TEST(idle_disconnect_is_not_a_failure)
 {
 	start_on(",127.0.0.1:1", "");
-	int fd = dh_ingress(&h);
-	send_ok(fd, "ACCOUNT 1");
-	send_ok(fd, "ACCOUNT 2");
-	close(fd);
+	accounts_1_2();
 	pay(100, 10);
 	caught_up();
 	uint64_t failures = store_u64("failures");
@@ -569,11 +560,9 @@ START_TEST(read_only_host_is_left)
 	caught_up();
 	pid_t guard = read_only_on(sock, 30);
 	pay(200, 100); /* every one answered OK */
-	char r[8192] = "";
-	for (int t = 0; t < 100 && !strstr(r, "\"failed\""); t++) {
-		dh_admin(&h, "store", r, sizeof(r));
-		usleep(50000);
-	}
+	dh_wait_admin(&h, "store", "\"state\":\"failed\"", true, 5000);
+	char r[8192];
+	dh_admin(&h, "store", r, sizeof(r));
 	ck_assert_msg(strstr(r, "\"state\":\"failed\"") && strstr(r, "read-only"),
 		      "%s", r);
 	ck_assert_uint_ge(lag_epochs(), 1);
@@ -724,11 +713,9 @@ START_TEST(newer_schema_is_refused)
 	int fd = dh_ingress(&h);
 	send_ok(fd, "ACCOUNT 1");
 	close(fd);
-	char r[8192] = "";
-	for (int t = 0; t < 100 && !strstr(r, "\"refused\""); t++) {
-		dh_admin(&h, "store", r, sizeof(r));
-		usleep(50000);
-	}
+	dh_wait_admin(&h, "store", "\"state\":\"refused\"", true, 5000);
+	char r[8192];
+	dh_admin(&h, "store", r, sizeof(r));
 	ck_assert_msg(strstr(r, "\"state\":\"refused\"") &&
 			      strstr(r, "schema version 99 is newer"),
 		      "%s", r);
@@ -745,12 +732,9 @@ END_TEST
 START_TEST(lost_database_cannot_be_rebuilt)
 {
 	start_with("[wal]\nsegment_mb = 1\nmax_epoch_kb = 256\n");
-	int fd = dh_ingress(&h);
-	send_ok(fd, "ACCOUNT 1");
-	send_ok(fd, "ACCOUNT 2");
-	close(fd);
+	accounts_1_2();
 	/* 30,000 transfers, pipelined: more than two 1 MiB segments. */
-	fd = dh_ingress(&h);
+	int fd = dh_ingress(&h);
 	pipeline(fd, 1000, 60);
 	close(fd);
 	caught_up();
@@ -763,11 +747,9 @@ START_TEST(lost_database_cannot_be_rebuilt)
 	snprintf(stmt, sizeof(stmt), "DROP DATABASE %s; CREATE DATABASE %s", db, db);
 	sql(NULL, stmt, out, sizeof(out));
 	dh_start(&h);
-	char r[8192] = "";
-	for (int t = 0; t < 100 && !strstr(r, "\"stopped\""); t++) {
-		dh_admin(&h, "store", r, sizeof(r));
-		usleep(50000);
-	}
+	dh_wait_admin(&h, "store", "\"state\":\"stopped\"", true, 5000);
+	char r[8192];
+	dh_admin(&h, "store", r, sizeof(r));
 	ck_assert_msg(strstr(r, "\"state\":\"stopped\"") &&
 			      strstr(r, "cannot rebuild the projection at epoch 0"),
 		      "%s", r);
@@ -792,9 +774,8 @@ START_TEST(disk_limit_waits_for_the_projection)
 	start_with("read_timeout_s = 1\nwrite_timeout_s = 1\n"
 		   "[wal]\nsegment_mb = 1\nmax_epoch_kb = 256\nmax_disk_mb = 3\n"
 		   "[snapshot]\nevery_s = 0\n");
+	accounts_1_2();
 	int fd = dh_ingress(&h);
-	send_ok(fd, "ACCOUNT 1");
-	send_ok(fd, "ACCOUNT 2");
 	caught_up();
 	pid_t db_pid = server_pid(sock);
 	pid_t guard = stop_server(db_pid, 60);
@@ -815,13 +796,7 @@ START_TEST(disk_limit_waits_for_the_projection)
 	ck_assert(dh_cmd_fd(fd, "BALANCE 2", bal, sizeof(bal)));
 	/* A snapshot cannot free the log the projection still needs. */
 	dh_admin(&h, "snapshot", st, sizeof(st));
-	for (int t = 0; t < 100; t++) {
-		dh_admin(&h, "stats", st, sizeof(st));
-		if (!strstr(st, "\"snapshot_epoch\":0,"))
-			break;
-		usleep(50000);
-	}
-	ck_assert_msg(!strstr(st, "\"snapshot_epoch\":0,"), "%s", st);
+	dh_wait_admin(&h, "stats", "\"snapshot_epoch\":0,", false, 5000);
 	usleep(300000);
 	ck_assert(dh_cmd_fd(fd, "TRANSFER 999999 1 2 1", r, sizeof(r)));
 	ck_assert_str_eq(r, "ERR 999999 unavailable");
@@ -842,13 +817,7 @@ START_TEST(disk_limit_waits_for_the_projection)
 	resume_server(db_pid, guard);
 	caught_up();
 	/* No further snapshot: catching up is what frees the log. */
-	for (int t = 0; t < 100; t++) {
-		dh_admin(&h, "stats", st, sizeof(st));
-		if (strstr(st, "\"wal_full\":false"))
-			break;
-		usleep(50000);
-	}
-	ck_assert_msg(strstr(st, "\"wal_full\":false"), "%s", st);
+	dh_wait_admin(&h, "stats", "\"wal_full\":false", true, 5000);
 	send_ok(fd, "TRANSFER 999999 1 2 1");
 	close(fd);
 	caught_up();
@@ -869,10 +838,7 @@ END_TEST
 START_TEST(mariadb_crash_mid_projection)
 {
 	start_with("");
-	int fd = dh_ingress(&h);
-	send_ok(fd, "ACCOUNT 1");
-	send_ok(fd, "ACCOUNT 2");
-	close(fd);
+	accounts_1_2();
 	pay(100, 100);
 	caught_up();
 	unsigned port = (unsigned)sql_u64("SELECT @@port");
@@ -916,9 +882,8 @@ START_TEST(second_host_keeps_a_snapshot_more)
 {
 	start_on(",127.0.0.1:1", "[wal]\nsegment_mb = 1\nmax_epoch_kb = 256\n"
 				"[snapshot]\nevery_s = 0\nkeep = 1\n");
+	accounts_1_2();
 	int fd = dh_ingress(&h);
-	send_ok(fd, "ACCOUNT 1");
-	send_ok(fd, "ACCOUNT 2");
 	uint64_t snaps[2] = { 0, 0 };
 	char out[256];
 	for (int load = 0; load < 3; load++) {

@@ -264,6 +264,21 @@ dh_lines(int fd, const char *const *lines, int n, char (*replies)[256])
 	return true;
 }
 
+void
+dh_wait_admin(struct dh *h, const char *cmd, const char *needle, bool want,
+	      int ms)
+{
+	static char r[1 << 16];
+	for (int t = 0; t <= ms; t += 20) {
+		dh_admin(h, cmd, r, sizeof(r));
+		if ((strstr(r, needle) != NULL) == want)
+			return;
+		sleep_ms(20);
+	}
+	ck_abort_msg("after %d ms, `%s` %s '%s': %s", ms, cmd,
+		     want ? "still lacks" : "still has", needle, r);
+}
+
 int
 dh_fill_until_refused(int fd, int first_id)
 {

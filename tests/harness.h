@@ -49,6 +49,11 @@ bool dh_cmd_fd(int fd, const char *line, char *buf, size_t size);
 /* One command on a fresh connection. Fails the test if it cannot. */
 void dh_admin(struct dh *h, const char *cmd, char *buf, size_t size);
 
+/* Poll admin cmd until its reply contains (or, want == false, lacks)
+ * needle; fail the test after ms. */
+void dh_wait_admin(struct dh *h, const char *cmd, const char *needle, bool want,
+		   int ms);
+
 /* The ingress socket of h (default [ingress] unix). */
 int dh_ingress(struct dh *h);
 /* Send n lines at once (pipelined), then read n reply lines into
