@@ -1110,24 +1110,12 @@ server_core_request_snapshot(void)
 
 static void check_wal_disk(struct core *k);
 
-/* Where the log may be cut: the newest snapshot, or with a projection
- * the newest snapshot at or below its applied_epoch (it rebuilds from
- * that snapshot and replays the log from there) — the one before it
- * with more than one host. */
+/* Where the log may be cut: behind the newest snapshot, or behind the
+ * one the projection may still rebuild from. */
 static uint64_t
-retention_base(struct core *k, const char *snap_dir)
+retention_base(struct core *k)
 {
-	if (k->proj == NULL)
-		return k->snap_last_epoch;
-	struct store_projection_stats ps;
-	store_projection_stats_get(k->proj, &ps);
-	uint64_t base = store_snap_newest_upto(snap_dir, ps.applied_epoch);
-	/* With another host to fail over to, keep a snapshot interval
-	 * more: that master is behind by its replication lag, and it needs
-	 * a snapshot at or below its applied_epoch and the log after it. */
-	if (ps.nhosts > 1 && base > 0)
-		base = store_snap_newest_upto(snap_dir, base - 1);
-	return base;
+	return k->proj ? store_projection_keep_from(k->proj) : k->snap_last_epoch;
 }
 
 /* Keep `keep` snapshots and retire the WAL behind the base. */
@@ -1140,7 +1128,7 @@ retire(struct core *k, bool prune)
 	keep = (uint32_t)server_config_get()->snapshot_keep;
 	snprintf(dir, sizeof(dir), "%s", server_config_get()->snapshot_dir);
 	urcu_memb_read_unlock();
-	uint64_t base = retention_base(k, dir);
+	uint64_t base = retention_base(k);
 	if (!prune && base <= k->retired_base)
 		return;
 	if (prune)
@@ -1342,17 +1330,15 @@ check_wal_disk(struct core *k)
 		/* Say what holds the log: the projection's lag, or no
 		 * recent snapshot. */
 		char why[384];
-		struct store_projection_stats ps;
 		if (k->proj) {
-			store_projection_stats_get(k->proj, &ps);
 			snprintf(why, sizeof(why),
 				 "the log is kept from a snapshot at or below "
 				 "what the MariaDB projection has written; "
 				 "newest snapshot: epoch %" PRIu64 ", the projection "
 				 "has written up to epoch %" PRIu64 " of %" PRIu64
 				 " (`dovectl store`, `dovectl snapshot`)",
-				 k->snap_last_epoch, ps.applied_epoch,
-				 k->last_epoch);
+				 k->snap_last_epoch,
+				 store_projection_applied(k->proj), k->last_epoch);
 		} else {
 			snprintf(why, sizeof(why),
 				 "no snapshot since epoch %" PRIu64 " of %" PRIu64
@@ -1379,10 +1365,9 @@ core_tick(struct core *k, uint64_t now)
 	/* A projection that caught up frees the log behind the snapshots
 	 * it has passed, without waiting for the next snapshot. */
 	if (k->proj && k->snap_last_epoch > k->retired_base) {
-		struct store_projection_stats ps;
-		store_projection_stats_get(k->proj, &ps);
-		if (ps.applied_epoch != k->retire_applied) {
-			k->retire_applied = ps.applied_epoch;
+		uint64_t applied = store_projection_applied(k->proj);
+		if (applied != k->retire_applied) {
+			k->retire_applied = applied;
 			retire(k, false);
 		}
 	}

@@ -1128,6 +1128,25 @@ store_projection_verify(store_projection *p)
 	return n;
 }
 
+uint64_t
+store_projection_applied(store_projection *p)
+{
+	pthread_mutex_lock(&p->mu);
+	uint64_t a = p->st.applied_epoch;
+	pthread_mutex_unlock(&p->mu);
+	return a;
+}
+
+uint64_t
+store_projection_keep_from(store_projection *p)
+{
+	uint64_t base = store_snap_newest_upto(p->cfg.snapshot_dir,
+					       store_projection_applied(p));
+	if (p->st.nhosts > 1 && base > 0) /* nhosts is fixed at start */
+		base = store_snap_newest_upto(p->cfg.snapshot_dir, base - 1);
+	return base;
+}
+
 void
 store_projection_stats_get(store_projection *p, struct store_projection_stats *st)
 {

@@ -342,5 +342,13 @@ void store_projection_failback(store_projection *p);
 uint64_t store_projection_verify(store_projection *p);
 void store_projection_stats_get(store_projection *p,
 				struct store_projection_stats *st);
+/* Epochs every host has (the active one's applied_epoch). */
+uint64_t store_projection_applied(store_projection *p);
+/* The snapshot the projection may still have to rebuild from (0: none):
+ * the log after it must be kept. The newest at or below applied_epoch,
+ * or with more than one host the one before it — the other master is
+ * behind by its replication lag and needs a snapshot at or below its
+ * own applied_epoch and the log after it. */
+uint64_t store_projection_keep_from(store_projection *p);
 
 #endif /* STORE_H */
