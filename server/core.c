@@ -93,6 +93,8 @@ struct conn {
 	bool eof;        /* peer sent EOF: answer what is pending, then close */
 	bool dead;       /* peer gone or a protocol limit: close now */
 	bool paused;     /* not reading: a bound was reached */
+	bool closed;     /* closed, freed after this round (see conn_close) */
+	struct conn *next_closed;
 	size_t out_len;
 	char out[CONN_OUT];
 };
@@ -125,6 +127,7 @@ struct core {
 
 	struct conn **conns;
 	uint32_t max_conns, nconns;
+	struct conn *closed; /* closed this round, freed before the loop sleeps */
 	uint32_t gen_next;
 
 	struct rec *recs;      /* ring of CORE_RECS */
@@ -640,6 +643,10 @@ static void
 on_conn(struct server_ev *ev, uint32_t events)
 {
 	struct conn *c = (struct conn *)ev;
+	/* Closed earlier in this round by another handler (a flush after an
+	 * epoch ran): its events in the same epoll batch are stale. */
+	if (c->closed)
+		return;
 	if ((events & EPOLLIN) && !c->eof && !c->dead)
 		conn_read(c);
 	/* Hung up both ways, or an error: replies cannot arrive. (A
@@ -658,13 +665,31 @@ conn_close(struct conn *c)
 	for (uint64_t a = c->slot_head; a < c->slot_head + c->slot_len; a++)
 		if (slot_at(c, a)->state == SLOT_DUP)
 			k->dups_waiting--;
+	DOVE_ASSERT(!c->closed);
 	server_loop_del(&k->srv->loop, &c->ev);
 	close(c->ev.fd);
 	k->conns[c->index] = NULL;
 	k->nconns--;
-	free(c->in);
-	free(c->slots);
-	free(c);
+	/* Not freed yet: a handler may close connections whose events come
+	 * later in the same epoll_wait batch (on_wal flushes every
+	 * connection), and those events still point here. They see
+	 * `closed` and return; the memory goes before the loop sleeps. */
+	c->closed = true;
+	c->next_closed = k->closed;
+	k->closed = c;
+}
+
+/* Free what conn_close retired this round. Between rounds only. */
+static void
+conn_free_closed(struct core *k)
+{
+	while (k->closed != NULL) {
+		struct conn *c = k->closed;
+		k->closed = c->next_closed;
+		free(c->in);
+		free(c->slots);
+		free(c);
+	}
 }
 
 static void
@@ -1454,8 +1479,10 @@ core_before_wait(void *arg)
 {
 	struct core *k = arg;
 	uint32_t n = (uint32_t)(k->rec_tail - k->rec_staged);
-	if (n == 0)
+	if (n == 0) {
+		conn_free_closed(k);
 		return;
+	}
 	/* n <= CORE_RECS: the ring bounds what can be staged. */
 	struct store_wal_record *wr = k->wal_recs;
 	for (uint32_t i = 0; i < n; i++) {
@@ -1489,6 +1516,7 @@ core_before_wait(void *arg)
 		drain_flights(k);
 	/* Replies that need no log (refusals, dups, PING) go out now. */
 	flush_all(k);
+	conn_free_closed(k);
 }
 
 /* ---- admin views ------------------------------------------------------------ */
@@ -2398,6 +2426,7 @@ server_core_close(struct server *srv)
 	for (uint32_t i = 0; i < k->max_conns; i++)
 		if (k->conns[i] != NULL)
 			conn_close(k->conns[i]);
+	conn_free_closed(k);
 	/* A clean stop leaves a snapshot, so the next start replays only
 	 * what comes after it. */
 	if (k->snap_child != 0) {
