@@ -18,6 +18,20 @@ bool store_crc32c_hw_available(void);
 
 #define WAL_SEG_MAGIC 0x314c415745564f44ull /* "DOVEWAL1" */
 #define WAL_EPOCH_MAGIC 0x48435045u         /* "EPCH" */
+/* A segment's last word once the next segment exists: an epoch header
+ * with this magic, count = length = 0, and the next segment's first
+ * epoch and LSN. Recovery then knows the log goes on, so a lost newest
+ * segment is found, not taken for the end of the log. */
+#define WAL_SEAL_MAGIC 0x4c414553u          /* "SEAL" */
+/* Bytes reserved at the end of every segment for its seal. */
+#define WAL_SEAL_BYTES 48u
+/* The unit a device persists whole (a crash leaves each sector either
+ * old or new): how a torn write is told from damage. */
+#define WAL_SECTOR 512u
+/* wal.anchor: written once, when the first segment of a log is made.
+ * A directory with it and no segment has lost its log. */
+#define WAL_ANCHOR_NAME "wal.anchor"
+#define WAL_ANCHOR_MAGIC 0x484e414c41574f44ull /* "DOWALANH" */
 #define WAL_FORMAT_VERSION 1u
 
 /* First 64 bytes of every segment file. Little-endian, as all of it. */
@@ -48,6 +62,15 @@ struct wal_epoch_header {
 	uint32_t reserved;  /* 0 */
 };
 _Static_assert(sizeof(struct wal_epoch_header) == 48, "epoch header");
+
+struct wal_anchor {
+	uint64_t magic;
+	uint32_t version;   /* 1 */
+	uint32_t crc;       /* CRC-32C of these 32 bytes with crc = 0 */
+	uint64_t created_ns;
+	uint64_t first_epoch; /* of the log's first segment */
+};
+_Static_assert(sizeof(struct wal_anchor) == 32, "anchor");
 
 /* Every record: this, then len bytes, then zeros to a multiple of 8. */
 struct wal_record_header {

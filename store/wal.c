@@ -217,6 +217,130 @@ store_wal_record_next(const struct store_wal_epoch *ep, size_t *off,
 	return true;
 }
 
+/* ---- torn writes and damage -------------------------------------------- */
+
+/*
+ * A crash during a write leaves each sector of it either written or as it
+ * was; in a preallocated segment "as it was" reads as zeros. So a torn
+ * epoch always shows a sector whose part inside the epoch is all zeros,
+ * and damage (a flipped byte, bytes zeroed inside a sector, a file cut
+ * short) does not. That is how recovery tells an epoch that was never
+ * acknowledged from one that was (issue 13): CRC alone cannot.
+ */
+static bool
+all_zero(const unsigned char *buf, size_t from, size_t to)
+{
+	for (size_t p = from; p < to; p++)
+		if (buf[p] != 0)
+			return false;
+	return true;
+}
+
+/* Is there a sector whose part inside [from, to) is all zeros? */
+static bool
+zero_sector_in(const unsigned char *buf, size_t from, size_t to)
+{
+	for (size_t sec = from - from % WAL_SECTOR; sec < to; sec += WAL_SECTOR) {
+		size_t a = sec < from ? from : sec;
+		size_t b = sec + WAL_SECTOR < to ? sec + WAL_SECTOR : to;
+		if (all_zero(buf, a, b))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * The epoch at off is not valid and does not start with zeros. Can a
+ * write cut short by a crash explain it? *why says what was seen, for
+ * the log line either way. Data from disk: checked, never asserted.
+ */
+static bool
+torn_explains(const unsigned char *buf, size_t n, size_t off, const char **why)
+{
+	struct wal_epoch_header h;
+	size_t hend = off + sizeof(h);
+	if (hend > n) {
+		*why = "a partial epoch header at the end of the segment";
+		return zero_sector_in(buf, off, n);
+	}
+	if (zero_sector_in(buf, off, hend)) {
+		*why = "epoch header partly written";
+		return true;
+	}
+	memcpy(&h, buf + off, sizeof(h));
+	if (h.magic != WAL_EPOCH_MAGIC || h.version != WAL_FORMAT_VERSION ||
+	    h.length % 8 != 0 || h.length > n - hend) {
+		*why = "a written epoch header that is not valid (damaged, "
+		       "not torn)";
+		return false;
+	}
+	size_t end = hend + h.length, pos = hend;
+	uint32_t count = 0;
+	while (pos < end) {
+		struct wal_record_header rh;
+		if (end - pos < sizeof(rh))
+			break;
+		memcpy(&rh, buf + pos, sizeof(rh));
+		if (rh.type == 0 && rh.flags == 0 && rh.len == 0) {
+			/* The records stop: unwritten only if the whole
+			 * sector (its part in this epoch) is zeros. */
+			size_t sec = pos - pos % WAL_SECTOR;
+			size_t a = sec < off ? off : sec;
+			size_t b = sec + WAL_SECTOR < end ? sec + WAL_SECTOR : end;
+			if (all_zero(buf, a, b)) {
+				*why = "its records end in a sector never "
+				       "written";
+				return true;
+			}
+			*why = "zeros inside a written sector (damaged, not "
+			       "torn)";
+			return false;
+		}
+		if (rh.type == 0 ||
+		    WAL_ALIGN((size_t)rh.len) > end - pos - sizeof(rh)) {
+			*why = "a damaged record header (not torn)";
+			return false;
+		}
+		pos += sizeof(rh) + WAL_ALIGN((size_t)rh.len);
+		count++;
+	}
+	if (pos != end || count != h.count) {
+		*why = "records that do not match a written header (damaged, "
+		       "not torn)";
+		return false;
+	}
+	if (zero_sector_in(buf, hend, end)) {
+		*why = "a sector of its records never written";
+		return true;
+	}
+	*why = "checksum mismatch on an epoch written whole (damaged after "
+	       "it was written, not torn)";
+	return false;
+}
+
+/* A valid seal at off (its numbers unchecked)? */
+static bool
+seal_valid(const unsigned char *buf, size_t n, size_t off,
+	   struct wal_epoch_header *h)
+{
+	if (off + sizeof(*h) > n)
+		return false;
+	memcpy(h, buf + off, sizeof(*h));
+	if (h->magic != WAL_SEAL_MAGIC || h->version != WAL_FORMAT_VERSION ||
+	    h->count != 0 || h->length != 0)
+		return false;
+	struct wal_epoch_header tmp = *h;
+	tmp.crc = 0;
+	return store_crc32c(0, &tmp, sizeof(tmp)) == h->crc;
+}
+
+static bool
+anchor_exists(const char *dir, char *path, size_t size)
+{
+	snprintf(path, size, "%s/" WAL_ANCHOR_NAME, dir);
+	return access(path, F_OK) == 0;
+}
+
 /* ---- scan --------------------------------------------------------------- */
 
 /* Anything valid at or after off in buf, or in a later segment? */
@@ -277,6 +401,12 @@ store_wal_scan(const char *dir, uint64_t from_epoch,
 		return rc;
 	}
 	s->segments = nsegs;
+	char anchor[PATH_MAX];
+	if (nsegs == 0 && anchor_exists(dir, anchor, sizeof(anchor)))
+		scan_stop(s, -DOVE_ECORRUPT, anchor, 0,
+			  "the log has no segment file left, but %s says one "
+			  "was written: its epochs are lost",
+			  WAL_ANCHOR_NAME);
 
 	for (uint32_t si = 0; si < nsegs && s->status == 0; si++) {
 		unsigned char *buf;
@@ -289,14 +419,14 @@ store_wal_scan(const char *dir, uint64_t from_epoch,
 		}
 		struct wal_seg_header sh;
 		if (!seg_header_valid(buf, n, &sh)) {
-			/* A segment whose creation was cut short holds
-			 * nothing; at the tail that is a torn tail. */
-			if (valid_data_after(buf, n, 0, segs, nsegs, si))
-				scan_stop(s, -DOVE_ECORRUPT, segs[si].path, 0,
-					  "segment header is damaged");
-			else
-				scan_stop(s, 1, segs[si].path, 0,
-					  "segment header incomplete");
+			/* A segment is renamed into place only after its
+			 * header is durable, so no crash leaves one without
+			 * it: this file was damaged (emptied, overwritten). */
+			scan_stop(s, -DOVE_ECORRUPT, segs[si].path, 0,
+				  "segment header is %s (a segment gets its "
+				  "name only once its header is durable)",
+				  n == 0 ? "missing: the file is empty"
+					 : "damaged");
 			unmap_file(buf, n);
 			break;
 		}
@@ -331,6 +461,16 @@ store_wal_scan(const char *dir, uint64_t from_epoch,
 			break;
 		}
 
+		if (n < sh.segment_bytes) {
+			/* Preallocated at creation, never shrunk: a crash
+			 * cannot make a segment shorter. */
+			scan_stop(s, -DOVE_ECORRUPT, segs[si].path, n,
+				  "the file is %zu bytes but was made %" PRIu64
+				  " bytes long: it was cut short",
+				  n, sh.segment_bytes);
+			unmap_file(buf, n);
+			break;
+		}
 		size_t off = sizeof(sh);
 		snprintf(s->end_file, sizeof(s->end_file), "%s", segs[si].path);
 		s->end_offset = off;
@@ -349,29 +489,67 @@ store_wal_scan(const char *dir, uint64_t from_epoch,
 					  s->next_lsn);
 				break;
 			}
+			struct wal_epoch_header seal;
+			if (!ok && seal_valid(buf, n, off, &seal)) {
+				/* The writer moved on to the next segment:
+				 * the log goes on there, or it was lost. */
+				if (seal.epoch != s->next_epoch ||
+				    seal.first_lsn != s->next_lsn)
+					scan_stop(s, -DOVE_ECORRUPT,
+						  segs[si].path, off,
+						  "sealed at epoch %" PRIu64
+						  " lsn %" PRIu64 ", expected "
+						  "epoch %" PRIu64 " lsn %" PRIu64,
+						  seal.epoch, seal.first_lsn,
+						  s->next_epoch, s->next_lsn);
+				else if (si + 1 == nsegs)
+					scan_stop(s, -DOVE_ECORRUPT,
+						  segs[si].path, off,
+						  "this segment was sealed: the "
+						  "log goes on at epoch %" PRIu64
+						  " in " SEG_PREFIX "%020" PRIu64
+						  SEG_SUFFIX ", which is missing",
+						  seal.epoch, seal.epoch);
+				break;
+			}
 			if (!ok) {
 				/* The end of what is valid here. Zeros (the
 				 * preallocated rest of a segment) end it
 				 * cleanly and the next segment takes over; a
 				 * torn last epoch is the tail. Anything valid
-				 * after either means the log was damaged in
-				 * the middle. */
-				bool zeros = true;
-				for (size_t p = off; p < n && p < off + 48; p++)
-					zeros &= buf[p] == 0;
+				 * after either, or damage no torn write can
+				 * explain, is corruption. */
+				bool zeros = off + 48 > n || all_zero(buf, off, off + 48);
 				bool here = valid_data_after(buf, n, off + 8,
 							     NULL, 0, 0);
-				if (zeros && !here)
-					break;
-				if (here || valid_data_after(NULL, 0, 0, segs,
-							     nsegs, si))
-					scan_stop(s, -DOVE_ECORRUPT,
-						  segs[si].path, off,
-						  "%s, and valid epochs follow",
-						  why);
-				else
-					scan_stop(s, 1, segs[si].path, off,
-						  "%s", why);
+				bool later = here || valid_data_after(NULL, 0, 0, segs,
+								      nsegs, si);
+				size_t sec_end = off - off % WAL_SECTOR + WAL_SECTOR;
+				if (sec_end > n)
+					sec_end = n;
+				int status;
+				if (zeros && !here && all_zero(buf, off, n)) {
+					status = 0; /* the next segment goes on */
+				} else if (later) {
+					status = -DOVE_ECORRUPT; /* why: the epoch's */
+				} else if (zeros && !all_zero(buf, off, sec_end)) {
+					status = -DOVE_ECORRUPT;
+					why = "an epoch header zeroed inside a "
+					      "written sector (damaged, not torn)";
+				} else if (zeros) {
+					status = 1;
+					why = "a write whose first sector never "
+					      "landed";
+				} else {
+					status = torn_explains(buf, n, off, &why)
+							 ? 1
+							 : -DOVE_ECORRUPT;
+				}
+				if (status != 0)
+					scan_stop(s, status, segs[si].path, off,
+						  "%s%s", why,
+						  later ? ", and valid epochs follow"
+							: "");
 				break;
 			}
 			if (h.epoch >= from_epoch && fn != NULL) {
@@ -697,8 +875,8 @@ roll_segment(store_wal *w)
 	/* The rename must be durable before any epoch in it is acked. */
 	if (w->cfg.fsync && (rc = fsync_dir(w->dir)) != 0)
 		return rc;
-	if (w->fd >= 0)
-		close(w->fd);
+	int old_fd = w->fd;
+	uint64_t old_off = w->seg_off;
 	w->fd = w->next_fd;
 	w->next_fd = -1;
 	w->seg_off = sizeof(sh);
@@ -706,7 +884,61 @@ roll_segment(store_wal *w)
 	segs_push(w, w->next_epoch, to);
 	w->stats.segments = w->nsegs;
 	pthread_mutex_unlock(&w->mu);
-	return 0;
+	if (old_fd < 0)
+		return 0;
+	/* Seal the previous segment (durable before any epoch of the new
+	 * one is acknowledged): recovery then knows the log goes on, so a
+	 * lost newest segment is refused rather than taken for the end. */
+	struct wal_epoch_header seal = {
+		.magic = WAL_SEAL_MAGIC,
+		.version = WAL_FORMAT_VERSION,
+		.epoch = w->next_epoch,
+		.first_lsn = w->next_lsn,
+		.time_ns = sh.created_ns,
+	};
+	seal.crc = store_crc32c(0, &seal, sizeof(seal));
+	DOVE_ASSERT(old_off + sizeof(seal) <= w->cfg.segment_bytes);
+	rc = io_pwrite_all(w, old_fd, &seal, sizeof(seal), (off_t)old_off);
+	if (rc == 0 && (rc = io_sync(w, old_fd)) != 0) {
+		DOVE_ERROR("wal: fdatasync of a segment's seal failed: %s; the "
+			   "WAL is poisoned and accepts nothing more",
+			   dove_strerror(rc));
+		rc = -DOVE_EPOISONED;
+	}
+	close(old_fd);
+	return rc;
+}
+
+/*
+ * Write wal.anchor (temp file, fdatasync, rename, directory fsync) before
+ * the first segment of a log is made: from then on a directory without
+ * segments has lost its log instead of looking new.
+ */
+static int
+write_anchor(store_wal *w, uint64_t first_epoch)
+{
+	char tmp[PATH_MAX], path[PATH_MAX];
+	snprintf(tmp, sizeof(tmp), "%s/" WAL_ANCHOR_NAME ".tmp", w->dir);
+	snprintf(path, sizeof(path), "%s/" WAL_ANCHOR_NAME, w->dir);
+	struct wal_anchor a = { .magic = WAL_ANCHOR_MAGIC,
+				.version = 1,
+				.created_ns = dove_clock_ns(CLOCK_REALTIME),
+				.first_epoch = first_epoch };
+	a.crc = store_crc32c(0, &a, sizeof(a));
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+	if (fd < 0)
+		return -errno;
+	int rc = io_pwrite_all(w, fd, &a, sizeof(a), 0);
+	if (rc == 0)
+		rc = io_sync(w, fd);
+	close(fd);
+	if (rc == 0 && rename(tmp, path) < 0)
+		rc = -errno;
+	if (rc == 0 && w->cfg.fsync)
+		rc = fsync_dir(w->dir);
+	if (rc != 0)
+		unlink(tmp);
+	return rc;
 }
 
 /* Write and sync one sealed buffer as the next epoch. Committer only. */
@@ -716,7 +948,8 @@ commit(store_wal *w, struct buf *b, uint64_t *epoch, uint64_t *first_lsn)
 	size_t payload = b->len - sizeof(struct wal_epoch_header);
 	DOVE_ASSERT(b->count > 0);
 	DOVE_ASSERT(payload % 8 == 0);
-	if (w->fd < 0 || w->seg_off + b->len > w->cfg.segment_bytes) {
+	if (w->fd < 0 ||
+	    w->seg_off + b->len + WAL_SEAL_BYTES > w->cfg.segment_bytes) {
 		int rc = roll_segment(w);
 		if (rc != 0)
 			return rc;
@@ -1033,10 +1266,12 @@ store_wal_open(const struct store_wal_config *cfg, store_wal **out,
 	if (cfg->max_epoch_bytes < 64 ||
 	    cfg->segment_bytes < sizeof(struct wal_seg_header) +
 					 sizeof(struct wal_epoch_header) +
-					 (uint64_t)cfg->max_epoch_bytes) {
+					 (uint64_t)cfg->max_epoch_bytes +
+					 WAL_SEAL_BYTES) {
 		snprintf(err, errlen,
 			 "wal: segment_bytes (%" PRIu64 ") must hold a segment "
-			 "header and one full epoch (max_epoch_bytes %u + 112)",
+			 "header, one full epoch and a seal (max_epoch_bytes "
+			 "%u + 160)",
 			 cfg->segment_bytes, cfg->max_epoch_bytes);
 		return -EINVAL;
 	}
@@ -1134,9 +1369,18 @@ store_wal_open(const struct store_wal_config *cfg, store_wal **out,
 			goto out_free;
 		}
 		w->seg_off = scan.end_offset;
-	} else if ((rc = roll_segment(w)) != 0) {
+	} else if ((rc = write_anchor(w, w->next_epoch)) != 0 ||
+		   (rc = roll_segment(w)) != 0) {
 		snprintf(err, errlen, "wal: creating a segment in %s: %s",
 			 w->dir, dove_strerror(rc));
+		goto out_free;
+	}
+	char anchor[PATH_MAX];
+	if (w->nsegs > 0 && !anchor_exists(w->dir, anchor, sizeof(anchor)) &&
+	    (rc = write_anchor(w, w->segs[0].first_epoch)) != 0) {
+		/* A log from before anchors: give it one. */
+		snprintf(err, errlen, "wal: writing %s: %s", anchor,
+			 dove_strerror(rc));
 		goto out_free;
 	}
 

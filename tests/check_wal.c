@@ -1,6 +1,7 @@
 /*
  * check_wal.c - the write-ahead log: round trips across segments, a torn
- * tail at every byte offset of the last epoch, flipped bits, gaps, foreign
+ * tail at every sector of the last epoch, damage that no tear explains
+ * (cut short, flipped, zeroed, a lost newest segment), flipped bits, gaps, foreign
  * versions, injected I/O faults (failed write, failed fdatasync, full
  * disk), concurrent appenders, retention, and a crash test that kills a
  * real appending process with SIGKILL at least 50 times.
@@ -38,6 +39,8 @@ static void
 teardown(void)
 {
 	char cmd[192];
+	if (getenv("DOVE_KEEP_TMP"))
+		return; /* debugging: leave the log for a look */
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	ck_assert_int_eq(system(cmd), 0);
 }
@@ -303,9 +306,44 @@ file_bytes(const char *path, unsigned char *buf, size_t size)
 	return (size_t)n;
 }
 
-/* Truncate the last segment at every byte offset inside the last epoch:
- * recovery returns exactly the complete epochs and reports the cut. */
-START_TEST(torn_tail_every_offset)
+/* Zero [from, to) of path: what a write that never landed leaves in a
+ * preallocated segment. */
+static void
+zero_range(const char *path, uint64_t from, uint64_t to)
+{
+	int fd = open(path, O_RDWR);
+	ck_assert_int_ge(fd, 0);
+	static const unsigned char zeros[65536];
+	ck_assert_uint_le(to - from, sizeof(zeros));
+	ck_assert_int_eq(pwrite(fd, zeros, to - from, (off_t)from),
+			 (ssize_t)(to - from));
+	close(fd);
+}
+
+/* Open must refuse the log, name path at offset off, change nothing. */
+static void
+open_refuses(const char *path, uint64_t off, const char *needle)
+{
+	static unsigned char before[65536], after[65536];
+	size_t nb = file_bytes(path, before, sizeof(before));
+	store_wal *w;
+	char err[1024];
+	struct store_wal_config cfg = small_cfg();
+	ck_assert_int_eq(store_wal_open(&cfg, &w, NULL, err, sizeof(err)),
+			 -DOVE_ECORRUPT);
+	char want[PATH_MAX + 64];
+	snprintf(want, sizeof(want), "%s at byte offset %" PRIu64, path, off);
+	ck_assert_msg(strstr(err, want), "want '%s' in: %s", want, err);
+	ck_assert_msg(strstr(err, needle), "want '%s' in: %s", needle, err);
+	size_t na = file_bytes(path, after, sizeof(after));
+	ck_assert_uint_eq(na, nb);
+	ck_assert_int_eq(memcmp(before, after, nb), 0);
+}
+
+/* A crash mid-write: every sector of the last epoch from some sector on
+ * never landed (zeros), or one sector inside it did not. Recovery
+ * returns exactly the complete epochs and reports the cut. */
+START_TEST(torn_tail_every_sector)
 {
 	char path[PATH_MAX];
 	uint64_t start, end;
@@ -318,31 +356,147 @@ START_TEST(torn_tail_every_offset)
 	static uint64_t map[20];
 	for (uint64_t e = 1; e <= 12; e++)
 		map[e] = e - 1;
+	ck_assert_uint_gt(end - start, WAL_SECTOR); /* spans sectors */
 
-	for (uint64_t cut = start; cut < end; cut++) {
+	/* Cuts: each sector boundary inside the epoch (the rest zeros),
+	 * then each single sector missing with the ones after it written. */
+	uint64_t first = start - start % WAL_SECTOR;
+	int cases = 0;
+	for (int hole = 0; hole < 2; hole++) {
+		for (uint64_t sec = first; sec < end; sec += WAL_SECTOR) {
+			snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", saved, path);
+			ck_assert_int_eq(system(cmd), 0);
+			uint64_t from = sec < start ? start : sec;
+			uint64_t to = hole ? (sec + WAL_SECTOR < end ? sec + WAL_SECTOR : end)
+					   : end;
+			zero_range(path, from, to);
+			struct store_wal_config cfg = small_cfg();
+			struct store_wal_scan scan;
+			store_wal *w = wal_open_ok(&cfg, &scan);
+			/* The whole epoch gone is a clean end. */
+			ck_assert_int_eq(scan.status,
+					 from == start && to == end ? 0 : 1);
+			ck_assert_uint_eq(scan.last_epoch, 11);
+			if (scan.status == 1) {
+				ck_assert_uint_eq(scan.offset, start);
+				ck_assert_str_eq(scan.file, path);
+			}
+			/* Appends go on from epoch 12, and survive another
+			 * recovery. */
+			ck_assert_uint_eq(append_batch(w, 11, NULL), 12);
+			store_wal_close(w);
+			struct expect x = { map, 12, 0 };
+			ck_assert_int_eq(store_wal_scan(dir, 1, check_epoch, &x, &scan),
+					 0);
+			ck_assert_int_eq(scan.status, 0);
+			ck_assert_uint_eq(x.seen, 12);
+			cases++;
+		}
+	}
+	ck_assert_int_ge(cases, 4);
+	unlink(saved);
+}
+END_TEST
+
+/* Regression (issue 13): a segment cut short inside its last epoch was
+ * taken for a torn tail and the acknowledged epoch dropped. Segments are
+ * preallocated and never shrink, so a short one is damage: refused at
+ * every offset inside the last epoch, nothing changed. */
+START_TEST(cut_short_segment_is_refused)
+{
+	char path[PATH_MAX];
+	uint64_t start, end;
+	make_log(12, path, sizeof(path), &start, &end);
+	for (uint64_t cut = start; cut < end; cut += 7) {
+		ck_assert_int_eq(truncate(path, (off_t)cut), 0);
+		open_refuses(path, cut, "it was cut short");
+	}
+}
+END_TEST
+
+/* Regression (issue 13): damage inside the last acknowledged epoch that
+ * no torn write can make — a flipped byte (header or records), 100 bytes
+ * zeroed inside written sectors — was cut as a torn tail. */
+START_TEST(damage_in_last_epoch_is_refused)
+{
+	char path[PATH_MAX];
+	uint64_t start, end;
+	make_log(12, path, sizeof(path), &start, &end);
+	char saved[PATH_MAX + 16], cmd[2 * PATH_MAX + 32];
+	snprintf(saved, sizeof(saved), "%s.orig", path);
+	snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", path, saved);
+	ck_assert_int_eq(system(cmd), 0);
+	/* Tried: one bit flipped at every 5th byte of the epoch. */
+	for (uint64_t off = start; off < end; off += 5) {
 		snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", saved, path);
 		ck_assert_int_eq(system(cmd), 0);
-		ck_assert_int_eq(truncate(path, (off_t)cut), 0);
-		struct store_wal_config cfg = small_cfg();
-		struct store_wal_scan scan;
-		store_wal *w = wal_open_ok(&cfg, &scan);
-		/* At exactly the epoch's start nothing is torn: a clean end. */
-		ck_assert_int_eq(scan.status, cut == start ? 0 : 1);
-		ck_assert_uint_eq(scan.last_epoch, 11);
-		if (cut > start) {
-			ck_assert_uint_eq(scan.offset, start);
-			ck_assert_str_eq(scan.file, path);
-		}
-		/* Appends go on from epoch 12, and survive another recovery. */
-		ck_assert_uint_eq(append_batch(w, 11, NULL), 12);
-		store_wal_close(w);
-		struct expect x = { map, 12, 0 };
-		ck_assert_int_eq(store_wal_scan(dir, 1, check_epoch, &x, &scan),
-				 0);
-		ck_assert_int_eq(scan.status, 0);
-		ck_assert_uint_eq(x.seen, 12);
+		flip_bit(path, off, (int)(off % 8));
+		open_refuses(path, start, "not torn");
+	}
+	/* Tried: 100 bytes zeroed, starting inside the header and at 40
+	 * bytes into the records (each inside written sectors). */
+	uint64_t at[] = { start + 4, start + 88 };
+	for (int i = 0; i < 2; i++) {
+		snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", saved, path);
+		ck_assert_int_eq(system(cmd), 0);
+		ck_assert_uint_lt(at[i] + 100, end);
+		zero_range(path, at[i], at[i] + 100);
+		open_refuses(path, start, "not torn");
 	}
 	unlink(saved);
+}
+END_TEST
+
+/* Regression (issue 13): the newest segment deleted or emptied after a
+ * crash looked like the end of the log: recovery said ok and answered
+ * epochs were gone. A rolled segment seals the one before it, and the
+ * log's anchor outlives its segments. */
+START_TEST(lost_newest_segment_is_refused)
+{
+	struct store_wal_config cfg = small_cfg();
+	store_wal *w = wal_open_ok(&cfg, NULL);
+	for (uint64_t k = 0; k < 60; k++)
+		append_batch(w, k, NULL);
+	store_wal_close(w);
+	struct store_wal_scan scan;
+	ck_assert_int_eq(store_wal_scan(dir, 1, NULL, NULL, &scan), 0);
+	ck_assert_uint_ge(scan.segments, 3);
+	char newest[PATH_MAX], cmd[2 * PATH_MAX + 64], out[256];
+	snprintf(newest, sizeof(newest), "%s", scan.end_file);
+	snprintf(cmd, sizeof(cmd), "cp '%s' '%s.orig'", newest, newest);
+	ck_assert_int_eq(system(cmd), 0);
+
+	/* Tried: the newest segment emptied (truncated to 0 bytes). */
+	ck_assert_int_eq(truncate(newest, 0), 0);
+	char err[1024];
+	ck_assert_int_eq(store_wal_open(&cfg, &w, NULL, err, sizeof(err)),
+			 -DOVE_ECORRUPT);
+	ck_assert_msg(strstr(err, newest) && strstr(err, "the file is empty"),
+		      "%s", err);
+
+	/* Tried: the newest segment deleted. The one before it was sealed. */
+	ck_assert_int_eq(unlink(newest), 0);
+	ck_assert_int_eq(store_wal_open(&cfg, &w, NULL, err, sizeof(err)),
+			 -DOVE_ECORRUPT);
+	const char *name = strrchr(newest, '/') + 1;
+	ck_assert_msg(strstr(err, "was sealed") && strstr(err, name) &&
+			      strstr(err, "which is missing"),
+		      "%s", err);
+	/* dove-wal verify says the same and exits 1. */
+	snprintf(cmd, sizeof(cmd), "%s verify %s 2>&1", DOVE_WAL_PATH, dir);
+	static char vout[65536];
+	ck_assert_int_eq(dh_run(cmd, vout, sizeof(vout)), 1);
+	ck_assert_msg(strstr(vout, "which is missing"), "%s", vout);
+
+	/* Tried: every segment deleted (the anchor stays). */
+	snprintf(cmd, sizeof(cmd), "rm %s/wal-*.log", dir);
+	ck_assert_int_eq(system(cmd), 0);
+	ck_assert_int_eq(store_wal_open(&cfg, &w, NULL, err, sizeof(err)),
+			 -DOVE_ECORRUPT);
+	ck_assert_msg(strstr(err, "no segment file left"), "%s", err);
+	snprintf(cmd, sizeof(cmd), "ls %s | grep -c 'wal-.*\\.log$' || true", dir);
+	dh_run(cmd, out, sizeof(out));
+	ck_assert_int_eq(atoi(out), 0); /* nothing was created */
 }
 END_TEST
 
@@ -373,22 +527,6 @@ START_TEST(flipped_bit_in_middle_is_refused)
 	size_t na = file_bytes(f.file, after, sizeof(after));
 	ck_assert_uint_eq(na, nb);
 	ck_assert_int_eq(memcmp(before, after, nb), 0);
-}
-END_TEST
-
-START_TEST(flipped_bit_in_last_epoch_is_cut)
-{
-	char path[PATH_MAX];
-	uint64_t start, end;
-	make_log(12, path, sizeof(path), &start, &end);
-	flip_bit(path, start + 50, 0);
-	struct store_wal_config cfg = small_cfg();
-	struct store_wal_scan scan;
-	store_wal *w = wal_open_ok(&cfg, &scan);
-	ck_assert_int_eq(scan.status, 1);
-	ck_assert_uint_eq(scan.last_epoch, 11);
-	ck_assert_uint_eq(scan.offset, start);
-	store_wal_close(w);
 }
 END_TEST
 
@@ -801,7 +939,8 @@ START_TEST(crash_sigkill_loses_nothing_acknowledged)
 		struct store_wal_scan scan;
 		ck_assert_int_eq(store_wal_scan(dir, 1, check_epoch, &x, &scan),
 				 0);
-		ck_assert_msg(scan.status >= 0, "%s", scan.reason);
+		ck_assert_msg(scan.status >= 0, "%s at %s:%llu", scan.reason,
+			      scan.file, (unsigned long long)scan.offset);
 		ck_assert_uint_ge(scan.last_epoch, max_epoch);
 		/* (An epoch made durable but killed before it was reported
 		 * is fine: nobody was told; it stays UNKNOWN.) */
@@ -835,8 +974,9 @@ START_TEST(dove_wal_cli)
 			      !strstr(out, "epoch 5 "),
 		      "%s", out);
 
-	/* A torn tail: reported, and sound (exit 0). */
-	ck_assert_int_eq(truncate(path, (off_t)(end - 10)), 0);
+	/* A torn tail (its last sector never written): reported, and
+	 * sound (exit 0). */
+	zero_range(path, end - 1 - (end - 1) % WAL_SECTOR, end);
 	snprintf(cmd, sizeof(cmd), "%s verify %s 2>&1", DOVE_WAL_PATH, dir);
 	ck_assert_int_eq(dh_run(cmd, out, sizeof(out)), 0);
 	char want[PATH_MAX + 64];
@@ -979,9 +1119,11 @@ wal_suite(void)
 	tc = tcase_create("damage");
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 300);
-	tcase_add_test(tc, torn_tail_every_offset);
+	tcase_add_test(tc, torn_tail_every_sector);
+	tcase_add_test(tc, cut_short_segment_is_refused);
+	tcase_add_test(tc, damage_in_last_epoch_is_refused);
+	tcase_add_test(tc, lost_newest_segment_is_refused);
 	tcase_add_test(tc, flipped_bit_in_middle_is_refused);
-	tcase_add_test(tc, flipped_bit_in_last_epoch_is_cut);
 	tcase_add_test(tc, epoch_gap_is_refused);
 	tcase_add_test(tc, missing_segment_is_refused);
 	tcase_add_test(tc, foreign_version_segment_is_refused);
