@@ -87,6 +87,7 @@ struct conn {
 	struct slot *slots;
 	uint64_t slot_head; /* absolute number of the oldest slot */
 	uint32_t slot_len, slot_cap;
+	uint32_t pipeline; /* [ingress] pipeline when it connected */
 	struct settle_transfer chain[CHAIN_MAX];
 	uint64_t chain_slot[CHAIN_MAX];
 	uint32_t chain_len;
@@ -471,6 +472,22 @@ handle_line(struct core *k, struct conn *c, const char *line, size_t len)
 static void conn_close(struct conn *c);
 static void conn_want(struct conn *c);
 
+/*
+ * Room to read one more line? [ingress] pipeline bounds the requests
+ * waiting for replies, except that an open chain may always grow to its
+ * end: its replies come only once it is complete, so pausing inside it
+ * would wait for ever (issue 13: a chain longer than the pipeline hung its
+ * connection). slot_cap = pipeline + CHAIN_MAX holds that.
+ */
+static bool
+conn_room(const struct conn *c)
+{
+	DOVE_ASSERT(c->slot_len <= c->slot_cap);
+	if (c->chain_len > 0)
+		return c->slot_len < c->slot_cap;
+	return c->slot_len < c->pipeline;
+}
+
 /* Process complete lines in c's input while there is room. */
 static void
 conn_process(struct core *k, struct conn *c)
@@ -481,7 +498,7 @@ conn_process(struct core *k, struct conn *c)
 	       (nl = memchr(c->in + start, '\n', c->in_len - start)) != NULL) {
 		/* Room for one more reply, and for a whole chain of records;
 		 * and no snapshot waiting for the log to go quiet. */
-		if (c->slot_len == c->slot_cap || !core_room(k, CHAIN_MAX) ||
+		if (!conn_room(c) || !core_room(k, CHAIN_MAX) ||
 		    k->snap_wanted) {
 			c->paused = true;
 			break;
@@ -572,7 +589,7 @@ conn_flush(struct conn *c)
 	memmove(c->out, c->out + off, c->out_len - off);
 	c->out_len -= off;
 	/* Room again: resume (conn_process pauses anew if it must). */
-	if (c->paused && c->slot_len < c->slot_cap && core_room(k, CHAIN_MAX) &&
+	if (c->paused && conn_room(c) && core_room(k, CHAIN_MAX) &&
 	    !k->snap_wanted) {
 		c->paused = false;
 		conn_process(k, c);
@@ -723,9 +740,10 @@ on_accept(struct server_ev *ev, uint32_t events)
 		c->in_cap = (size_t)server_config_get()->ingress_max_line + 1;
 		urcu_memb_read_unlock();
 		c->in = malloc(c->in_cap);
-		c->slots = calloc(pipeline, sizeof(struct slot));
+		c->slots = calloc(pipeline + CHAIN_MAX, sizeof(struct slot));
 		DOVE_ASSERT(c->in != NULL && c->slots != NULL);
-		c->slot_cap = pipeline;
+		c->pipeline = pipeline;
+		c->slot_cap = pipeline + CHAIN_MAX; /* see conn_room */
 		c->ev.fd = fd;
 		c->ev.fn = on_conn;
 		c->core = k;

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -256,12 +257,70 @@ START_TEST(damaged_last_epoch_refuses_start)
 }
 END_TEST
 
+/* ---- 4: a chain longer than the pipeline ------------------------------- */
+
+/* Send a chain of n transfers (ids from id0, 1 -> 2) at once and read n
+ * replies, each of which must start with want. */
+static void
+chain_answered(int fd, uint64_t id0, int n, const char *want)
+{
+	char buf[80 * 70] = "";
+	size_t len = 0;
+	for (int i = 0; i < n; i++)
+		len += (size_t)snprintf(buf + len, sizeof(buf) - len,
+					"TRANSFER %lu 1 2 1%s\n",
+					(unsigned long)id0 + (unsigned long)i,
+					i + 1 < n ? " linked" : "");
+	ck_assert_int_eq(send(fd, buf, len, MSG_NOSIGNAL), (ssize_t)len);
+	struct timeval tv = { 5, 0 }; /* a hang fails, not blocks */
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	char r[256];
+	for (int i = 0; i < n; i++) {
+		ck_assert_msg(dh_read_line(fd, r, sizeof(r)),
+			      "chain of %d: no reply %d (hung)", n, i);
+		ck_assert_msg(strncmp(r, want, strlen(want)) == 0,
+			      "chain of %d, reply %d: %s", n, i, r);
+	}
+}
+
+/* Tried: [ingress] pipeline 1 with a chain of 2, pipeline 4 with chains
+ * of 5 and of 64 (the most a chain may hold); before the fix the
+ * connection hung for ever. A chain of 65 is refused, not hung. */
+START_TEST(chain_longer_than_pipeline_is_answered)
+{
+	static const int pipeline[] = { 1, 4 };
+	for (int p = 0; p < 2; p++) {
+		char cfg[128];
+		snprintf(cfg, sizeof(cfg), "[ingress]\npipeline = %d\n",
+			 pipeline[p]);
+		dh_write_config(&h, cfg);
+		dh_start(&h);
+		if (p == 0)
+			make_accounts(2);
+		int fd = dh_ingress(&h);
+		uint64_t id = 100000u * (uint64_t)(p + 1);
+		chain_answered(fd, id, pipeline[p] + 1, "OK ");
+		chain_answered(fd, id + 100, 64, "OK ");
+		chain_answered(fd, id + 200, 65, "ERR ");
+		/* ...and the connection is still usable. */
+		char r[256];
+		ck_assert(dh_cmd_fd(fd, "PING", r, sizeof(r)));
+		ck_assert_str_eq(r, "PONG");
+		close(fd);
+		kill(h.pid, SIGTERM);
+		ck_assert_int_ne(dh_wait(h.pid, 5000), -1);
+		h.pid = 0;
+	}
+}
+END_TEST
+
 static Suite *
 reliability_suite(void)
 {
 	Suite *s = suite_create("reliability");
 	TCase *tc = dh_tcase(s, "clients", setup, teardown, 300);
 	tcase_add_test(tc, vanishing_pipelined_clients_do_not_crash);
+	tcase_add_test(tc, chain_longer_than_pipeline_is_answered);
 	tc = dh_tcase(s, "wal_tail", setup, teardown, 120);
 	tcase_add_test(tc, lost_newest_segment_refuses_start);
 	tcase_add_test(tc, lost_only_segment_refuses_start);
