@@ -501,7 +501,6 @@ on_accept(struct server_ev *ev, uint32_t events)
 int
 server_admin_open(struct server *srv, struct server_admin **out)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	int rc;
 
 	urcu_memb_read_lock();
@@ -510,60 +509,18 @@ server_admin_open(struct server *srv, struct server_admin **out)
 	mode_t mode = (mode_t)cfg->admin_socket_mode;
 	urcu_memb_read_unlock();
 	DOVE_ASSERT(path != NULL);
-	/* Validated when the config was loaded. */
-	DOVE_ASSERT(strlen(path) < sizeof(sa.sun_path));
-	memcpy(sa.sun_path, path, strlen(path) + 1);
 
 	struct server_admin *adm = calloc(1, sizeof(*adm));
 	DOVE_ASSERT(adm != NULL);
 	adm->srv = srv;
 	adm->path = path;
 	adm->ev.fn = on_accept;
-	adm->ev.fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-			    0);
+	char err[256];
+	adm->ev.fd = server_unix_listen(path, mode, 64, err, sizeof(err));
 	if (adm->ev.fd < 0) {
-		rc = -errno;
-		DOVE_ERROR("admin socket: %s", dove_strerror(rc));
+		rc = adm->ev.fd;
+		DOVE_ERROR("admin socket %s: %s", path, err);
 		goto out_free;
-	}
-
-	/*
-	 * A socket file left by a killed doved answers nobody: remove it. One
-	 * that answers belongs to a live server (the pid-file lock should have
-	 * stopped us already, but the socket path may be shared by mistake).
-	 */
-	struct stat st;
-	if (lstat(path, &st) == 0) {
-		if (!S_ISSOCK(st.st_mode)) {
-			rc = -EEXIST;
-			DOVE_ERROR("admin socket %s: exists and is not a socket",
-				   path);
-			goto out_close;
-		}
-		int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		bool live = probe >= 0 &&
-			    connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-		if (probe >= 0)
-			close(probe);
-		if (live) {
-			rc = -EADDRINUSE;
-			DOVE_ERROR("admin socket %s: another server answers on "
-				   "it",
-				   path);
-			goto out_close;
-		}
-		unlink(path);
-	}
-	if (bind(adm->ev.fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		rc = -errno;
-		DOVE_ERROR("admin socket %s: bind: %s", path, dove_strerror(rc));
-		goto out_close;
-	}
-	/* chmod before listen(): nobody can connect in between. */
-	if (chmod(path, mode) < 0 || listen(adm->ev.fd, 64) < 0) {
-		rc = -errno;
-		DOVE_ERROR("admin socket %s: %s", path, dove_strerror(rc));
-		goto out_unlink;
 	}
 	rc = server_loop_add(&srv->loop, &adm->ev, EPOLLIN);
 	if (rc < 0) {
@@ -576,7 +533,6 @@ server_admin_open(struct server *srv, struct server_admin **out)
 
 out_unlink:
 	unlink(path);
-out_close:
 	close(adm->ev.fd);
 out_free:
 	free(adm->path);

@@ -2092,26 +2092,6 @@ replay_epoch(void *arg, const struct store_wal_epoch *ep)
 /* ---- listeners, start and stop ------------------------------------------------ */
 
 static int
-listen_unix(struct core *k, const char *path)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	DOVE_ASSERT(strlen(path) < sizeof(sa.sun_path)); /* config checked */
-	memcpy(sa.sun_path, path, strlen(path) + 1);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	unlink(path); /* the pid-file lock says no other doved uses it */
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-	    chmod(path, 0660) < 0 || listen(fd, 1024) < 0) {
-		int rc = -errno;
-		close(fd);
-		return rc;
-	}
-	snprintf(k->unix_path, sizeof(k->unix_path), "%s", path);
-	return fd;
-}
-
-static int
 listen_tcp(const char *addr)
 {
 	char host[32];
@@ -2393,12 +2373,15 @@ server_core_open(struct server *srv, store_wal *wal)
 
 	k->lis[0].fd = k->lis[1].fd = -1;
 	if (cfg->ingress_unix[0]) {
-		int fd = listen_unix(k, cfg->ingress_unix);
+		char err[256];
+		int fd = server_unix_listen(cfg->ingress_unix, 0660, 1024, err,
+					    sizeof(err));
 		if (fd < 0) {
-			DOVE_ERROR("ingress %s: %s", cfg->ingress_unix,
-				   dove_strerror(fd));
+			DOVE_ERROR("ingress %s: %s", cfg->ingress_unix, err);
 			return fd;
 		}
+		snprintf(k->unix_path, sizeof(k->unix_path), "%s",
+			 cfg->ingress_unix);
 		k->lis[0] = (struct server_ev){ fd, on_accept };
 		server_loop_add(&srv->loop, &k->lis[0], EPOLLIN);
 		DOVE_INFO("ingress listening on %s", cfg->ingress_unix);

@@ -118,6 +118,17 @@ void server_core_history_json(const char *arg, struct json_buf *j);
 void server_core_store_json(const char *arg, struct json_buf *j);
 void server_core_store_lag_json(struct json_buf *j);
 
+/* ---- UNIX listening sockets (unixsock.c) -------------------------------- */
+
+/*
+ * Listen on a UNIX socket at path with the given mode: a stale socket file
+ * (nobody answers) is replaced; a path that is not a socket (-EEXIST) or
+ * one a live server answers on (-EADDRINUSE) is refused and left alone.
+ * Returns the non-blocking listening fd or -errno with the reason in err.
+ */
+int server_unix_listen(const char *path, mode_t mode, int backlog, char *err,
+		       size_t errlen);
+
 /* ---- pid file --------------------------------------------------------- */
 
 /*

@@ -314,6 +314,72 @@ START_TEST(chain_longer_than_pipeline_is_answered)
 }
 END_TEST
 
+/* ---- 5: the ingress socket path ----------------------------------------- */
+
+/* Tried: [ingress] unix pointed at a WAL segment of a killed doved, then
+ * at the config file itself: before the fix each was unlinked and
+ * replaced by a socket (an answered transfer gone; config.ini deleted).
+ * Now the start is refused and the file is untouched. */
+START_TEST(ingress_path_that_is_a_file_is_left_alone)
+{
+	char wal[256];
+	answer_then_kill(100, wal, sizeof(wal));
+	char seg[512], out[4096], cfg[1024];
+	setenv("W", wal, 1);
+	dh_run("ls $W/wal-*.log | tail -1 | tr -d '\\n'", seg, sizeof(seg));
+	ck_assert_msg(strstr(seg, "wal-"), "%s", seg);
+	struct stat before, after;
+	ck_assert_int_eq(stat(seg, &before), 0);
+	snprintf(cfg, sizeof(cfg), "[ingress]\nunix = %s\n", seg);
+	dh_write_config(&h, cfg);
+	start_refused("exists and is not a socket");
+	ck_assert_int_eq(stat(seg, &after), 0);
+	ck_assert(S_ISREG(after.st_mode));
+	ck_assert_int_eq(after.st_size, before.st_size);
+	ck_assert_int_eq(after.st_mtime, before.st_mtime);
+
+	snprintf(cfg, sizeof(cfg), "[ingress]\nunix = %s\n", h.cfg);
+	dh_write_config(&h, cfg);
+	start_refused("exists and is not a socket");
+	size_t n = dh_read_file(h.cfg, out, sizeof(out));
+	ck_assert_msg(n > 0 && strstr(out, "[ingress]"), "config.ini: %s", out);
+	/* The log is intact: with its own socket, every answer is there. */
+	dh_write_config(&h, NULL);
+	dh_start(&h);
+	int fd = dh_ingress(&h);
+	char r[256];
+	ck_assert(dh_cmd_fd(fd, "BALANCE 2", r, sizeof(r)));
+	ck_assert_str_eq(r, "BAL 2 100 0 0 -");
+	close(fd);
+}
+END_TEST
+
+/* Tried: a second doved with its own pid file, admin socket and data
+ * directory but the first one's [ingress] unix. Before the fix it took
+ * the socket over; now it is refused and the first keeps serving. */
+START_TEST(second_doved_cannot_take_over_the_ingress_socket)
+{
+	dh_start(&h);
+	struct dh h2;
+	dh_init(&h2, NULL);
+	char cfg[512];
+	snprintf(cfg, sizeof(cfg), "[ingress]\nunix = %s\n", h.ingress);
+	dh_write_config(&h2, cfg);
+	char cmd[512];
+	static char out[65536];
+	snprintf(cmd, sizeof(cmd), "timeout 20 %s -c %s 2>&1", DOVED_PATH, h2.cfg);
+	int st = dh_run(cmd, out, sizeof(out));
+	dh_cleanup(&h2);
+	ck_assert_msg(st == 1, "exit %d: %s", st, out);
+	ck_assert_msg(strstr(out, "another server answers on it"), "%s", out);
+	int fd = dh_ingress(&h);
+	char r[256];
+	ck_assert(dh_cmd_fd(fd, "PING", r, sizeof(r)));
+	ck_assert_str_eq(r, "PONG");
+	close(fd);
+}
+END_TEST
+
 static Suite *
 reliability_suite(void)
 {
@@ -321,6 +387,9 @@ reliability_suite(void)
 	TCase *tc = dh_tcase(s, "clients", setup, teardown, 300);
 	tcase_add_test(tc, vanishing_pipelined_clients_do_not_crash);
 	tcase_add_test(tc, chain_longer_than_pipeline_is_answered);
+	tc = dh_tcase(s, "paths", setup, teardown, 120);
+	tcase_add_test(tc, ingress_path_that_is_a_file_is_left_alone);
+	tcase_add_test(tc, second_doved_cannot_take_over_the_ingress_socket);
 	tc = dh_tcase(s, "wal_tail", setup, teardown, 120);
 	tcase_add_test(tc, lost_newest_segment_refuses_start);
 	tcase_add_test(tc, lost_only_segment_refuses_start);
