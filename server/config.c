@@ -182,7 +182,7 @@ static const struct server_config_key keys[] = {
 	  "`snapshot` and on a clean stop); 0 = only those" },
 	{ "snapshot", "keep", SERVER_CFG_INT, SERVER_CFG_LIVE, 1, 100, NULL, "2",
 	  F(snapshot_keep),
-	  "snapshots kept; the WAL is retired behind the newest" },
+	  "snapshots kept; the WAL is kept from the oldest of them, so each is a fallback" },
 
 	{ "wal", "dir", SERVER_CFG_PATH, 0, NOLIM, NULL, "data/wal", F(wal_dir),
 	  "write-ahead log directory (segments wal-<first epoch>.log)" },

@@ -1156,9 +1156,20 @@ static void check_wal_disk(struct core *k);
 /* Where the log may be cut: behind the newest snapshot, or behind the
  * one the projection may still rebuild from. */
 static uint64_t
-retention_base(struct core *k)
+retention_base(struct core *k, const char *snap_dir)
 {
-	return k->proj ? store_projection_keep_from(k->proj) : k->snap_last_epoch;
+	/* Behind the oldest snapshot kept, not the newest: each of the
+	 * [snapshot] keep snapshots is a fallback only while the log after
+	 * it exists (issue 13: with keep = 2 one damaged newest snapshot
+	 * refused the start, its epochs nowhere else). */
+	uint64_t base = store_snap_oldest(snap_dir);
+	if (base == 0 || base > k->snap_last_epoch)
+		base = k->snap_last_epoch;
+	if (k->proj) {
+		uint64_t p = store_projection_keep_from(k->proj);
+		base = p < base ? p : base;
+	}
+	return base;
 }
 
 /* Keep `keep` snapshots and retire the WAL behind the base. */
@@ -1171,11 +1182,13 @@ retire(struct core *k, bool prune)
 	keep = (uint32_t)server_config_get()->snapshot_keep;
 	snprintf(dir, sizeof(dir), "%s", server_config_get()->snapshot_dir);
 	urcu_memb_read_unlock();
-	uint64_t base = retention_base(k);
+	if (prune)
+		store_snap_prune(dir, keep,
+				 k->proj ? store_projection_keep_from(k->proj)
+					 : UINT64_MAX);
+	uint64_t base = retention_base(k, dir);
 	if (!prune && base <= k->retired_base)
 		return;
-	if (prune)
-		store_snap_prune(dir, keep, base);
 	int rc = store_wal_retire(k->wal, base + 1);
 	if (base > k->retired_base)
 		k->retired_base = base;

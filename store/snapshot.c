@@ -355,6 +355,14 @@ store_snap_newest_upto(const char *dir, uint64_t max_epoch)
 	return 0;
 }
 
+uint64_t
+store_snap_oldest(const char *dir)
+{
+	uint64_t epochs[256];
+	int n = list_snaps(dir, epochs, 256);
+	return n > 0 ? epochs[n - 1] : 0;
+}
+
 int
 store_snap_prune(const char *dir, uint32_t keep, uint64_t base)
 {

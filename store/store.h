@@ -274,6 +274,8 @@ int store_snap_restore(const struct store_snap *snap, settle_seq *q,
  * <= base (what a projection at epoch base rebuilds from; UINT64_MAX:
  * none besides). Returns how many were deleted. */
 int store_snap_prune(const char *dir, uint32_t keep, uint64_t base);
+/* The epoch of the oldest snapshot file (by name), 0 if none. */
+uint64_t store_snap_oldest(const char *dir);
 /* The epoch of the newest snapshot file at or below max_epoch (by name),
  * 0 if none. */
 uint64_t store_snap_newest_upto(const char *dir, uint64_t max_epoch);

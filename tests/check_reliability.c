@@ -380,6 +380,43 @@ START_TEST(second_doved_cannot_take_over_the_ingress_socket)
 }
 END_TEST
 
+/* ---- 6: [snapshot] keep gives a fallback ------------------------------- */
+
+/* Tried: keep = 2, 1 MiB segments; 20,000 transfers, a snapshot, 20,000
+ * more, a clean stop (the second snapshot), then one byte of the newest
+ * snapshot flipped. Before the fix the log behind the newest snapshot was
+ * gone, so the older one could not be replayed forward: start refused. */
+START_TEST(damaged_newest_snapshot_falls_back_across_segments)
+{
+	dh_write_config(&h, "[wal]\nsegment_mb = 1\nmax_epoch_kb = 256\n"
+			    "[snapshot]\nevery_s = 0\nkeep = 2\n");
+	dh_start(&h);
+	make_accounts(2);
+	int fd = dh_ingress(&h);
+	answered_transfers(fd, 1000, 20000);
+	char r[4096];
+	dh_admin(&h, "snapshot", r, sizeof(r));
+	dh_wait_admin(&h, "stats", "\"snapshots_taken\":1", true, 10000);
+	answered_transfers(fd, 100000, 20000);
+	close(fd);
+	kill(h.pid, SIGTERM);
+	ck_assert_int_ne(dh_wait(h.pid, 10000), -1);
+	h.pid = 0;
+	char snaps[256];
+	snprintf(snaps, sizeof(snaps), "%s/data/snap", h.dir);
+	sh("test $(ls $W/snap-*.snap | wc -l) = 2 && f=$(ls $W/snap-*.snap | tail -1) && "
+	   "printf 'X' | dd of=$f bs=1 seek=100 conv=notrunc 2>/dev/null", snaps);
+	dh_start(&h);
+	char log[65536];
+	dh_read_file(h.log, log, sizeof(log));
+	ck_assert_msg(strstr(log, "is not usable"), "%s", log);
+	fd = dh_ingress(&h);
+	ck_assert(dh_cmd_fd(fd, "BALANCE 2", r, sizeof(r)));
+	ck_assert_str_eq(r, "BAL 2 40000 0 0 -");
+	close(fd);
+}
+END_TEST
+
 static Suite *
 reliability_suite(void)
 {
@@ -390,6 +427,7 @@ reliability_suite(void)
 	tc = dh_tcase(s, "paths", setup, teardown, 120);
 	tcase_add_test(tc, ingress_path_that_is_a_file_is_left_alone);
 	tcase_add_test(tc, second_doved_cannot_take_over_the_ingress_socket);
+	tcase_add_test(tc, damaged_newest_snapshot_falls_back_across_segments);
 	tc = dh_tcase(s, "wal_tail", setup, teardown, 120);
 	tcase_add_test(tc, lost_newest_segment_refuses_start);
 	tcase_add_test(tc, lost_only_segment_refuses_start);
