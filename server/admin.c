@@ -308,6 +308,11 @@ handle_line(struct admin_client *c, char *line, size_t len)
 	char msg[300];
 	if (len > 0 && line[len - 1] == '\r')
 		len--;
+	if (memchr(line, '\0', len) != NULL) {
+		/* "status\0junk" is not "status": refuse, never truncate. */
+		reply_error(c, "command contains a NUL byte");
+		return;
+	}
 	line[len] = '\0';
 
 	/* Split "verb arg". */
@@ -330,11 +335,19 @@ handle_line(struct admin_client *c, char *line, size_t len)
 			reply_error(c, msg);
 			return;
 		}
-		/* history can be long; one thread, so static */
-		static char buf[1 << 19];
+		/* One thread, so static. No larger than a client's output
+		 * buffer: every reply fits one that has been read. Long
+		 * listings (history) stop short of it and say so. */
+		static char buf[ADMIN_OUT_CAP - 1];
 		struct json_buf j;
 		json_init(&j, buf, sizeof(buf));
 		commands[i].fn(c, rest, &j);
+		if (j.overflow) { /* a bug of ours, not the client's */
+			DOVE_WARN("admin: the reply to '%s' is over %zu bytes",
+				  commands[i].name, sizeof(buf));
+			reply_error(c, "reply too large");
+			return;
+		}
 		DOVE_ASSERT(j.depth == 0);
 		client_reply(c, &j);
 		return;

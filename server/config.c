@@ -686,6 +686,7 @@ on_pair(void *user, const char *section, const char *name, const char *value)
 		return 0;
 	}
 	c->first_line[i] = c->lineno;
+	c->cfg->settings++;
 	if (!parse_value(c->cfg, (size_t)i, value, c->dir)) {
 		describe_allowed((size_t)i, allowed, sizeof(allowed));
 		load_error(c, "[%s] %s = '%s': invalid value, allowed: %s",
@@ -861,6 +862,22 @@ server_config_keep_restart_keys(server_config *next,
 	}
 	DOVE_ASSERT(next->restart_required_count <= NKEYS);
 	return next->restart_required_count;
+}
+
+void
+server_config_log_changes(const server_config *next,
+			  const server_config *running)
+{
+	for (size_t i = 0; i < NKEYS; i++) {
+		if (!(keys[i].flags & SERVER_CFG_LIVE) ||
+		    value_equal(next, running, i))
+			continue;
+		char was[256], now[256];
+		server_config_format(running, i, was, sizeof(was));
+		server_config_format(next, i, now, sizeof(now));
+		DOVE_INFO("reload: [%s] %s = %s (was %s)", keys[i].section,
+			  keys[i].name, now, was);
+	}
 }
 
 /* ---- output ------------------------------------------------------------ */

@@ -2031,6 +2031,7 @@ server_core_verify_json(struct json_buf *j)
 
 struct replay {
 	struct core *k;
+	uint64_t from; /* the first epoch the ledger needs */
 	uint64_t epochs, transfers, accounts;
 	char err[256];
 };
@@ -2047,6 +2048,22 @@ replay_epoch(void *arg, const struct store_wal_epoch *ep)
 	struct replay *rp = arg;
 	struct core *k = rp->k;
 	DOVE_ASSERT(k->rec_head == k->rec_tail);
+	if (rp->epochs == 0 && ep->epoch != rp->from) {
+		/* Say what is missing before the sequencer meets a record
+		 * that needs it (a transfer between unknown accounts). */
+		snprintf(rp->err, sizeof(rp->err),
+			 "the log starts at epoch %llu but the ledger needs "
+			 "every epoch from %llu on (%s): epochs %llu..%llu are "
+			 "missing, refusing to start on a ledger with a hole",
+			 (unsigned long long)ep->epoch,
+			 (unsigned long long)rp->from,
+			 rp->from > 1 ? "after the newest snapshot"
+				      : "there is no snapshot: were the first "
+					"segment or the snapshots removed?",
+			 (unsigned long long)rp->from,
+			 (unsigned long long)ep->epoch - 1);
+		return -DOVE_ECORRUPT;
+	}
 	if (ep->count > CORE_RECS) {
 		snprintf(rp->err, sizeof(rp->err),
 			 "epoch %llu has %u records, more than %u",
@@ -2329,7 +2346,7 @@ server_core_open(struct server *srv, store_wal *wal)
 	rc = load_snapshot(k, cfg, &from);
 	if (rc != 0)
 		return rc;
-	struct replay rp = { .k = k };
+	struct replay rp = { .k = k, .from = from };
 	struct store_wal_scan scan;
 	char dir[PATH_MAX];
 	snprintf(dir, sizeof(dir), "%s", cfg->wal_dir);

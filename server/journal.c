@@ -121,6 +121,10 @@ entry_head(struct json_buf *j, const struct jent *e, const char *type)
  * the whole buffer). Walking newest first, epochs only go down, so two
  * batches say it: the last one seen, and the last one seen before it
  * with a greater epoch. */
+/* The longest entry's JSON: a batch or a transfer with every field at its
+ * widest (20-digit ids, 40-character balances) is under 300 bytes. */
+#define JOURNAL_ENTRY_MAX 512
+
 struct merged_by {
 	const struct jent *cur, *prev;
 };
@@ -154,8 +158,15 @@ journal_history_json(const struct journal *jn, uint64_t account,
 		    "accounts");
 	json_key(j, "entries");
 	json_arr_begin(j);
+	bool truncated = false;
 	for (uint64_t n = jn->next; n > oldest && out < limit; n--) {
 		const struct jent *e = &jn->e[(n - 1) % jn->cap];
+		/* An entry is under 512 bytes: stop while the reply still
+		 * fits its buffer, and say so, rather than overflow it. */
+		if (j->cap - j->len < JOURNAL_ENTRY_MAX + 64) {
+			truncated = true;
+			break;
+		}
 		if (e->kind == J_BATCH) {
 			if (e->credit != account)
 				continue;
@@ -203,5 +214,8 @@ journal_history_json(const struct journal *jn, uint64_t account,
 		out++;
 	}
 	json_arr_end(j);
+	/* true: older entries exist that did not fit one reply; ask with
+	 * a smaller --limit... or read MariaDB (the full history). */
+	json_kv_bool(j, "truncated", truncated);
 	json_obj_end(j);
 }

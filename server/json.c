@@ -104,22 +104,67 @@ json_arr_end(struct json_buf *j)
 	close_level(j, "]");
 }
 
+/*
+ * The length of the well-formed UTF-8 sequence at s (n bytes left), or 0
+ * if it is not one (a stray continuation byte, a truncated sequence, an
+ * overlong form, a surrogate, past U+10FFFF). RFC 3629.
+ */
+static size_t
+utf8_seq(const unsigned char *s, size_t n)
+{
+	unsigned char c = s[0];
+	size_t len;
+	uint32_t cp;
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf)
+		len = 2, cp = c & 0x1f;
+	else if (c >= 0xe0 && c <= 0xef)
+		len = 3, cp = c & 0x0f;
+	else if (c >= 0xf0 && c <= 0xf4)
+		len = 4, cp = c & 0x07;
+	else
+		return 0;
+	if (len > n)
+		return 0;
+	for (size_t i = 1; i < len; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (s[i] & 0x3f);
+	}
+	if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+	    (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
+		return 0;
+	return len;
+}
+
 static void
 put_escaped(struct json_buf *j, const char *s, size_t n)
 {
 	put(j, "\"", 1);
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < n;) {
 		unsigned char ch = (unsigned char)s[i];
 		char esc[8];
 		if (ch == '"' || ch == '\\') {
 			esc[0] = '\\';
 			esc[1] = (char)ch;
 			put(j, esc, 2);
+			i++;
 		} else if (ch < 0x20 || ch == 0x7f) {
 			snprintf(esc, sizeof(esc), "\\u%04x", ch);
 			put(j, esc, 6);
+			i++;
 		} else {
-			put(j, (const char *)&s[i], 1);
+			/* Replies echo what clients sent: bytes that are not
+			 * UTF-8 become U+FFFD, so the reply stays JSON. */
+			size_t len = utf8_seq((const unsigned char *)s + i, n - i);
+			if (len == 0) {
+				put(j, "\\ufffd", 6);
+				i++;
+			} else {
+				put(j, s + i, len);
+				i += len;
+			}
 		}
 	}
 	put(j, "\"", 1);

@@ -96,6 +96,17 @@ server_reload(struct server *srv)
 	rc = server_config_load(running->path, &next, err, sizeof(err));
 	if (rc != 0)
 		goto out_refuse;
+	if (next->settings == 0) {
+		/* A file emptied by mistake (a failed edit, a full disk)
+		 * would reset every live key to its default at once. A start
+		 * may run on defaults; a running server keeps what it has. */
+		snprintf(err, sizeof(err),
+			 "%s: the file sets no key (is it empty?); a reload "
+			 "would reset every live key to its default",
+			 running->path);
+		rc = -DOVE_ECONFIG;
+		goto out_refuse;
+	}
 	server_config_keep_restart_keys(next, running);
 
 	/* Apply what can fail before publishing anything: a reload either
@@ -126,6 +137,7 @@ server_reload(struct server *srv)
 			  "a restart",
 			  k->section, k->name);
 	}
+	server_config_log_changes(next, running);
 	uint64_t gen = next->generation;
 	server_config_publish(next);
 	srv->last_reload_error[0] = '\0';
@@ -158,6 +170,10 @@ signals_open(struct server *srv)
 	DOVE_ASSERT(rc == 0);
 	/* A peer that closes early must cost an EPIPE, never the process. */
 	signal(SIGPIPE, SIG_IGN);
+	/* Likewise a file over RLIMIT_FSIZE must cost an EFBIG that the WAL
+	 * and the snapshot writer report, never the process (it died on its
+	 * final snapshot, leaving pid file, sockets and a temp file). */
+	signal(SIGXFSZ, SIG_IGN);
 	/* An ignored SIGCHLD is inherited across exec (a parent that set it
 	 * would make the kernel reap our snapshot children silently, and no
 	 * SIGCHLD would reach the signalfd): take it back. */

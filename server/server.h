@@ -127,6 +127,8 @@ typedef struct server_config {
 	/* Restart-only keys whose value in the file differs from the running
 	 * one: indices into the key table (server_config_key()). */
 	uint32_t restart_required_count;
+	/* key = value lines the file set (0: an empty file, all defaults). */
+	uint32_t settings;
 	uint16_t restart_required[SERVER_CONFIG_KEYS_MAX];
 } server_config;
 
@@ -178,6 +180,11 @@ server_config_free(server_config *cfg);
 uint32_t
 server_config_keep_restart_keys(server_config *next,
 				const server_config *running);
+
+/* Log every live key whose value next changes from running (a reload
+ * says what it did). */
+void server_config_log_changes(const server_config *next,
+			       const server_config *running);
 
 /* The value of key i in config.ini syntax. Returns its length. */
 size_t

@@ -69,6 +69,11 @@ cmd_verify(const char *dir)
 	print_stop(&s);
 	if (s.status < 0)
 		return 1;
+	if (s.first_epoch > 1)
+		printf("note: the log starts at epoch %" PRIu64 "; a snapshot "
+		       "at epoch %" PRIu64 " or later must hold what came "
+		       "before (doved checks that at start)\n",
+		       s.first_epoch, s.first_epoch - 1);
 	printf("ok\n");
 	return 0;
 }
