@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -417,6 +418,147 @@ START_TEST(damaged_newest_snapshot_falls_back_across_segments)
 }
 END_TEST
 
+/* ---- 7: the small ones ------------------------------------------------- */
+
+/* One raw admin request (len bytes, may hold NUL); the reply line. */
+static void
+admin_raw(const char *req, size_t len, char *buf, size_t size)
+{
+	int fd = dh_connect(h.sock);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(send(fd, req, len, MSG_NOSIGNAL), (ssize_t)len);
+	ck_assert_msg(dh_read_line(fd, buf, size), "admin closed the connection");
+	close(fd);
+}
+
+/* Is every byte of s well-formed UTF-8 (what a JSON parser needs)? */
+static bool
+valid_utf8(const unsigned char *s)
+{
+	while (*s) {
+		int n = *s < 0x80 ? 1 : (*s & 0xe0) == 0xc0 ? 2
+				      : (*s & 0xf0) == 0xe0 ? 3
+				      : (*s & 0xf8) == 0xf0 ? 4 : 0;
+		if (n == 0)
+			return false;
+		for (int i = 1; i < n; i++)
+			if ((s[i] & 0xc0) != 0x80)
+				return false;
+		s += n;
+	}
+	return true;
+}
+
+/* Tried: `history 1 --limit 1000` over 3,000 journal entries (closed the
+ * connection: over the 64 KiB output cap); an unknown command with bytes
+ * that are not UTF-8 (echoed raw: invalid JSON); `status\0junk` (taken as
+ * status). */
+START_TEST(admin_replies_fit_and_stay_json)
+{
+	dh_write_config(&h, "[hot]\nhistory = 4096\n");
+	dh_start(&h);
+	make_accounts(2);
+	int fd = dh_ingress(&h);
+	answered_transfers(fd, 1000, 3000);
+	close(fd);
+	static char r[1 << 17];
+	admin_raw("history 1 --limit 1000\n", 23, r, sizeof(r));
+	ck_assert_msg(strstr(r, "\"truncated\":true"), "%.300s", r);
+	ck_assert_msg(strlen(r) < 65536, "%zu bytes", strlen(r));
+	admin_raw("history 1 --limit 5\n", 20, r, sizeof(r));
+	ck_assert_msg(strstr(r, "\"truncated\":false"), "%.300s", r);
+
+	admin_raw("fr\xffob\xc3\x28 \xed\xa0\x80\n", 12, r, sizeof(r));
+	ck_assert_msg(strstr(r, "unknown command"), "%s", r);
+	ck_assert_msg(valid_utf8((const unsigned char *)r), "not UTF-8: %s", r);
+	ck_assert_msg(strstr(r, "\\ufffd"), "%s", r);
+
+	admin_raw("status\0junk\n", 12, r, sizeof(r));
+	ck_assert_msg(strstr(r, "NUL byte") && !strstr(r, "\"pid\""), "%s", r);
+}
+END_TEST
+
+/* Tried: config.ini emptied, then SIGHUP. Before the fix every live key
+ * silently went back to its default; now the reload is refused, status
+ * says why, and the running value stays. */
+START_TEST(empty_config_reload_is_refused)
+{
+	dh_write_config(&h, "[hot]\nmerge_ms = 777\n");
+	dh_start(&h);
+	dh_write_file(h.cfg, "");
+	kill(h.pid, SIGHUP);
+	dh_wait_admin(&h, "status", "sets no key", true, 5000);
+	char r[16384];
+	dh_admin(&h, "config", r, sizeof(r));
+	ck_assert_msg(strstr(r, "777"), "%s", r);
+	/* A real change is taken, and logged. */
+	dh_write_config(&h, "[hot]\nmerge_ms = 555\n");
+	kill(h.pid, SIGHUP);
+	dh_wait_admin(&h, "config", "555", true, 5000);
+	char log[65536];
+	dh_read_file(h.log, log, sizeof(log));
+	ck_assert_msg(strstr(log, "[hot] merge_ms = 555 (was 777)"), "%s", log);
+}
+END_TEST
+
+/* Tried: the first segment deleted while no snapshot exists. Before, the
+ * refusal said "the sequencer refuses a logged record (type 2, len 48)". */
+START_TEST(missing_first_epochs_are_named)
+{
+	dh_write_config(&h, "[wal]\nsegment_mb = 1\nmax_epoch_kb = 256\n"
+			    "[snapshot]\nevery_s = 0\n");
+	char wal[256];
+	answer_then_kill(40000, wal, sizeof(wal));
+	sh("cd $W && test $(ls wal-*.log | wc -l) -ge 3 && rm $(ls wal-*.log | head -1)",
+	   wal);
+	start_refused("there is no snapshot: were the first segment or the "
+		      "snapshots removed?");
+}
+END_TEST
+
+/* Tried: doved under RLIMIT_FSIZE of 1100 KiB with 1 MiB segments, so the
+ * log fits and the final snapshot of 60,000 ids (1.4 MB) does not. Before the fix
+ * SIGXFSZ killed it at SIGTERM, leaving pid file, sockets and a temp
+ * file. Now the snapshot fails with EFBIG, doved stops cleanly, and the
+ * next start replays the log. */
+START_TEST(file_size_limit_does_not_kill)
+{
+	dh_write_config(&h, "[wal]\nsegment_mb = 1\nmax_epoch_kb = 256\n"
+			    "[snapshot]\nevery_s = 0\n");
+	struct rlimit old, lim = { 1100 * 1024, RLIM_INFINITY };
+	getrlimit(RLIMIT_FSIZE, &old);
+	signal(SIGXFSZ, SIG_IGN);
+	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	dh_start(&h); /* inherits the limit */
+	lim.rlim_cur = old.rlim_cur;
+	setrlimit(RLIMIT_FSIZE, &lim);
+	make_accounts(2);
+	int fd = dh_ingress(&h);
+	answered_transfers(fd, 1000, 60000);
+	close(fd);
+	kill(h.pid, SIGTERM);
+	int st = dh_wait(h.pid, 10000);
+	h.pid = 0;
+	ck_assert_msg(st != -1 && WIFEXITED(st), "doved did not exit (status %d)",
+		      st);
+	char log[65536];
+	dh_read_file(h.log, log, sizeof(log));
+	ck_assert_msg(strstr(log, "snapshot at stop") && strstr(log, "EFBIG"),
+		      "%s", log);
+	ck_assert_int_ne(access(h.pidf, F_OK), 0);
+	ck_assert_int_ne(access(h.ingress, F_OK), 0);
+	char snaps[256];
+	snprintf(snaps, sizeof(snaps), "%s/data/snap", h.dir);
+	sh("! ls $W | grep -q tmp", snaps);
+	dh_start(&h);
+	fd = dh_ingress(&h);
+	char r[256];
+	ck_assert(dh_cmd_fd(fd, "BALANCE 2", r, sizeof(r)));
+	ck_assert_str_eq(r, "BAL 2 60000 0 0 -");
+	close(fd);
+}
+END_TEST
+
 static Suite *
 reliability_suite(void)
 {
@@ -428,6 +570,11 @@ reliability_suite(void)
 	tcase_add_test(tc, ingress_path_that_is_a_file_is_left_alone);
 	tcase_add_test(tc, second_doved_cannot_take_over_the_ingress_socket);
 	tcase_add_test(tc, damaged_newest_snapshot_falls_back_across_segments);
+	tc = dh_tcase(s, "small", setup, teardown, 120);
+	tcase_add_test(tc, admin_replies_fit_and_stay_json);
+	tcase_add_test(tc, empty_config_reload_is_refused);
+	tcase_add_test(tc, missing_first_epochs_are_named);
+	tcase_add_test(tc, file_size_limit_does_not_kill);
 	tc = dh_tcase(s, "wal_tail", setup, teardown, 120);
 	tcase_add_test(tc, lost_newest_segment_refuses_start);
 	tcase_add_test(tc, lost_only_segment_refuses_start);
