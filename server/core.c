@@ -1153,23 +1153,19 @@ server_core_request_snapshot(void)
 
 static void check_wal_disk(struct core *k);
 
-/* Where the log may be cut: behind the newest snapshot, or behind the
- * one the projection may still rebuild from. */
+/* Where the log may be cut: behind the oldest snapshot kept, or behind
+ * the one the projection may still rebuild from. */
 static uint64_t
-retention_base(struct core *k, const char *snap_dir)
+retention_base(struct core *k, const char *snap_dir, uint64_t proj_from)
 {
 	/* Behind the oldest snapshot kept, not the newest: each of the
 	 * [snapshot] keep snapshots is a fallback only while the log after
 	 * it exists (issue 13: with keep = 2 one damaged newest snapshot
 	 * refused the start, its epochs nowhere else). */
 	uint64_t base = store_snap_oldest(snap_dir);
-	if (base == 0 || base > k->snap_last_epoch)
+	if (base == 0)
 		base = k->snap_last_epoch;
-	if (k->proj) {
-		uint64_t p = store_projection_keep_from(k->proj);
-		base = p < base ? p : base;
-	}
-	return base;
+	return proj_from < base ? proj_from : base;
 }
 
 /* Keep `keep` snapshots and retire the WAL behind the base. */
@@ -1182,11 +1178,12 @@ retire(struct core *k, bool prune)
 	keep = (uint32_t)server_config_get()->snapshot_keep;
 	snprintf(dir, sizeof(dir), "%s", server_config_get()->snapshot_dir);
 	urcu_memb_read_unlock();
+	/* What the projection may still rebuild from (UINT64_MAX: none). */
+	uint64_t proj_from = k->proj ? store_projection_keep_from(k->proj)
+				     : UINT64_MAX;
 	if (prune)
-		store_snap_prune(dir, keep,
-				 k->proj ? store_projection_keep_from(k->proj)
-					 : UINT64_MAX);
-	uint64_t base = retention_base(k, dir);
+		store_snap_prune(dir, keep, proj_from);
+	uint64_t base = retention_base(k, dir, proj_from);
 	if (!prune && base <= k->retired_base)
 		return;
 	int rc = store_wal_retire(k->wal, base + 1);

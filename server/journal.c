@@ -16,6 +16,10 @@
 
 enum { J_TRANSFER = 1, J_BATCH = 2 };
 
+/* The longest entry's JSON: a batch or a transfer with every field at its
+ * widest (20-digit ids, 40-character balances) is under 300 bytes. */
+#define JOURNAL_ENTRY_MAX 512
+
 struct jent {
 	uint8_t kind;
 	uint8_t result;          /* transfer: settle_result */
@@ -121,10 +125,6 @@ entry_head(struct json_buf *j, const struct jent *e, const char *type)
  * the whole buffer). Walking newest first, epochs only go down, so two
  * batches say it: the last one seen, and the last one seen before it
  * with a greater epoch. */
-/* The longest entry's JSON: a batch or a transfer with every field at its
- * widest (20-digit ids, 40-character balances) is under 300 bytes. */
-#define JOURNAL_ENTRY_MAX 512
-
 struct merged_by {
 	const struct jent *cur, *prev;
 };

@@ -318,6 +318,15 @@ torn_explains(const unsigned char *buf, size_t n, size_t off, const char **why)
 	return false;
 }
 
+/* A seal's CRC: over its 48 bytes with crc = 0. */
+static uint32_t
+seal_crc(const struct wal_epoch_header *h)
+{
+	struct wal_epoch_header tmp = *h;
+	tmp.crc = 0;
+	return store_crc32c(0, &tmp, sizeof(tmp));
+}
+
 /* A valid seal at off (its numbers unchecked)? */
 static bool
 seal_valid(const unsigned char *buf, size_t n, size_t off,
@@ -329,9 +338,7 @@ seal_valid(const unsigned char *buf, size_t n, size_t off,
 	if (h->magic != WAL_SEAL_MAGIC || h->version != WAL_FORMAT_VERSION ||
 	    h->count != 0 || h->length != 0)
 		return false;
-	struct wal_epoch_header tmp = *h;
-	tmp.crc = 0;
-	return store_crc32c(0, &tmp, sizeof(tmp)) == h->crc;
+	return seal_crc(h) == h->crc;
 }
 
 static bool
@@ -367,6 +374,43 @@ valid_data_after(const unsigned char *buf, size_t n, size_t off,
 			return true;
 	}
 	return false;
+}
+
+/*
+ * Where the valid log stops at off in segment si (buf, n): 0 a clean end
+ * (zeros to the end of the segment; the next segment goes on), 1 a torn
+ * tail (never acknowledged), -DOVE_ECORRUPT damage. *why comes in as the
+ * epoch's own reason and says what was seen; *later, whether valid
+ * epochs follow (then it is corruption whatever the bytes). Zeros (the preallocated rest)
+ * end a segment cleanly; anything valid after a stop, or damage no torn
+ * write can explain, is corruption. Later segments are read only when the
+ * answer depends on them.
+ */
+static int
+tail_status(const unsigned char *buf, size_t n, size_t off,
+	    const struct seg *segs, uint32_t nsegs, uint32_t si,
+	    const char **why, bool *later)
+{
+	*later = false;
+	bool zeros = off + 48 > n || all_zero(buf, off, off + 48);
+	if (zeros && all_zero(buf, off, n))
+		return 0;
+	*later = valid_data_after(buf, n, off + 8, NULL, 0, 0) ||
+		 valid_data_after(NULL, 0, 0, segs, nsegs, si);
+	if (*later)
+		return -DOVE_ECORRUPT;
+	if (!zeros)
+		return torn_explains(buf, n, off, why) ? 1 : -DOVE_ECORRUPT;
+	/* A zero header with bytes after it: a write whose first sector
+	 * never landed -- unless the zeros stop inside that sector. */
+	size_t sec_end = off - off % WAL_SECTOR + WAL_SECTOR;
+	if (!all_zero(buf, off, sec_end < n ? sec_end : n)) {
+		*why = "an epoch header zeroed inside a written sector "
+		       "(damaged, not torn)";
+		return -DOVE_ECORRUPT;
+	}
+	*why = "a write whose first sector never landed";
+	return 1;
 }
 
 __attribute__((format(printf, 5, 6))) static void
@@ -513,38 +557,9 @@ store_wal_scan(const char *dir, uint64_t from_epoch,
 				break;
 			}
 			if (!ok) {
-				/* The end of what is valid here. Zeros (the
-				 * preallocated rest of a segment) end it
-				 * cleanly and the next segment takes over; a
-				 * torn last epoch is the tail. Anything valid
-				 * after either, or damage no torn write can
-				 * explain, is corruption. */
-				bool zeros = off + 48 > n || all_zero(buf, off, off + 48);
-				bool here = valid_data_after(buf, n, off + 8,
-							     NULL, 0, 0);
-				bool later = here || valid_data_after(NULL, 0, 0, segs,
-								      nsegs, si);
-				size_t sec_end = off - off % WAL_SECTOR + WAL_SECTOR;
-				if (sec_end > n)
-					sec_end = n;
-				int status;
-				if (zeros && !here && all_zero(buf, off, n)) {
-					status = 0; /* the next segment goes on */
-				} else if (later) {
-					status = -DOVE_ECORRUPT; /* why: the epoch's */
-				} else if (zeros && !all_zero(buf, off, sec_end)) {
-					status = -DOVE_ECORRUPT;
-					why = "an epoch header zeroed inside a "
-					      "written sector (damaged, not torn)";
-				} else if (zeros) {
-					status = 1;
-					why = "a write whose first sector never "
-					      "landed";
-				} else {
-					status = torn_explains(buf, n, off, &why)
-							 ? 1
-							 : -DOVE_ECORRUPT;
-				}
+				bool later;
+				int status = tail_status(buf, n, off, segs, nsegs,
+							 si, &why, &later);
 				if (status != 0)
 					scan_stop(s, status, segs[si].path, off,
 						  "%s%s", why,
@@ -896,7 +911,7 @@ roll_segment(store_wal *w)
 		.first_lsn = w->next_lsn,
 		.time_ns = sh.created_ns,
 	};
-	seal.crc = store_crc32c(0, &seal, sizeof(seal));
+	seal.crc = seal_crc(&seal);
 	DOVE_ASSERT(old_off + sizeof(seal) <= w->cfg.segment_bytes);
 	rc = io_pwrite_all(w, old_fd, &seal, sizeof(seal), (off_t)old_off);
 	if (rc == 0 && (rc = io_sync(w, old_fd)) != 0) {
@@ -1360,6 +1375,16 @@ store_wal_open(const struct store_wal_config *cfg, store_wal **out,
 			goto out_free;
 		}
 	}
+	/* Before the first segment of a new log is made (and for a log
+	 * from before anchors, now). */
+	char anchor[PATH_MAX];
+	if (!anchor_exists(w->dir, anchor, sizeof(anchor)) &&
+	    (rc = write_anchor(w, w->nsegs > 0 ? w->segs[0].first_epoch
+					       : w->next_epoch)) != 0) {
+		snprintf(err, errlen, "wal: writing %s: %s", anchor,
+			 dove_strerror(rc));
+		goto out_free;
+	}
 	if (w->nsegs > 0) {
 		w->fd = open(scan.end_file, O_RDWR | O_CLOEXEC);
 		if (w->fd < 0) {
@@ -1369,18 +1394,9 @@ store_wal_open(const struct store_wal_config *cfg, store_wal **out,
 			goto out_free;
 		}
 		w->seg_off = scan.end_offset;
-	} else if ((rc = write_anchor(w, w->next_epoch)) != 0 ||
-		   (rc = roll_segment(w)) != 0) {
+	} else if ((rc = roll_segment(w)) != 0) {
 		snprintf(err, errlen, "wal: creating a segment in %s: %s",
 			 w->dir, dove_strerror(rc));
-		goto out_free;
-	}
-	char anchor[PATH_MAX];
-	if (w->nsegs > 0 && !anchor_exists(w->dir, anchor, sizeof(anchor)) &&
-	    (rc = write_anchor(w, w->segs[0].first_epoch)) != 0) {
-		/* A log from before anchors: give it one. */
-		snprintf(err, errlen, "wal: writing %s: %s", anchor,
-			 dove_strerror(rc));
 		goto out_free;
 	}
 

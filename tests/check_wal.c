@@ -260,20 +260,29 @@ find_epoch(void *arg, const struct store_wal_epoch *ep)
 	return 0;
 }
 
-/* Write n batches (one epoch each) and return where epoch n starts and
- * ends in its segment file (path). */
+/* Write n batches (one epoch each), close, and scan the log into *scan:
+ * it must hold epochs 1..n in at least min_segments files. */
 static void
-make_log(uint64_t n, char *path, size_t pathlen, uint64_t *last_start,
-	 uint64_t *last_end)
+write_log(uint64_t n, uint32_t min_segments, struct store_wal_scan *scan)
 {
 	struct store_wal_config cfg = small_cfg();
 	store_wal *w = wal_open_ok(&cfg, NULL);
 	for (uint64_t k = 0; k < n; k++)
 		append_batch(w, k, NULL);
 	store_wal_close(w);
+	ck_assert_int_eq(store_wal_scan(dir, 1, NULL, NULL, scan), 0);
+	ck_assert_uint_eq(scan->last_epoch, n);
+	ck_assert_uint_ge(scan->segments, min_segments);
+}
+
+/* Write n batches (one epoch each) and return where epoch n starts and
+ * ends in its segment file (path). */
+static void
+make_log(uint64_t n, char *path, size_t pathlen, uint64_t *last_start,
+	 uint64_t *last_end)
+{
 	struct store_wal_scan scan;
-	ck_assert_int_eq(store_wal_scan(dir, 1, NULL, NULL, &scan), 0);
-	ck_assert_uint_eq(scan.last_epoch, n);
+	write_log(n, 1, &scan);
 	snprintf(path, pathlen, "%s", scan.end_file);
 	*last_end = scan.end_offset;
 	/* Find the start of the last epoch: scan again. */
@@ -454,13 +463,9 @@ END_TEST
 START_TEST(lost_newest_segment_is_refused)
 {
 	struct store_wal_config cfg = small_cfg();
-	store_wal *w = wal_open_ok(&cfg, NULL);
-	for (uint64_t k = 0; k < 60; k++)
-		append_batch(w, k, NULL);
-	store_wal_close(w);
+	store_wal *w;
 	struct store_wal_scan scan;
-	ck_assert_int_eq(store_wal_scan(dir, 1, NULL, NULL, &scan), 0);
-	ck_assert_uint_ge(scan.segments, 3);
+	write_log(60, 3, &scan);
 	char newest[PATH_MAX], cmd[2 * PATH_MAX + 64], out[256];
 	snprintf(newest, sizeof(newest), "%s", scan.end_file);
 	snprintf(cmd, sizeof(cmd), "cp '%s' '%s.orig'", newest, newest);
@@ -570,13 +575,9 @@ END_TEST
 START_TEST(missing_segment_is_refused)
 {
 	struct store_wal_config cfg = small_cfg();
-	store_wal *w = wal_open_ok(&cfg, NULL);
-	for (uint64_t k = 0; k < 200; k++)
-		append_batch(w, k, NULL);
-	store_wal_close(w);
+	store_wal *w;
 	struct store_wal_scan scan;
-	ck_assert_int_eq(store_wal_scan(dir, 1, NULL, NULL, &scan), 0);
-	ck_assert_uint_ge(scan.segments, 3);
+	write_log(200, 3, &scan);
 	/* Remove the second segment file. */
 	char cmd[256];
 	snprintf(cmd, sizeof(cmd), "rm \"$(ls %s/wal-*.log | sed -n 2p)\"", dir);
