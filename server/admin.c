@@ -119,9 +119,9 @@ json_restart_required(struct json_buf *j, const server_config *cfg)
 }
 
 static void
-cmd_status(struct admin_client *c, const char *arg, struct json_buf *j)
+cmd_status(struct admin_client *c, const struct admin_cmd *cmd, struct json_buf *j)
 {
-	(void)arg;
+	(void)cmd;
 	struct server *srv = c->adm->srv;
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
@@ -157,9 +157,9 @@ cmd_status(struct admin_client *c, const char *arg, struct json_buf *j)
 }
 
 static void
-cmd_config(struct admin_client *c, const char *arg, struct json_buf *j)
+cmd_config(struct admin_client *c, const struct admin_cmd *cmd, struct json_buf *j)
 {
-	(void)arg;
+	(void)cmd;
 	(void)c;
 	urcu_memb_read_lock();
 	server_config_json(server_config_get(), j);
@@ -167,9 +167,9 @@ cmd_config(struct admin_client *c, const char *arg, struct json_buf *j)
 }
 
 static void
-cmd_reload(struct admin_client *c, const char *arg, struct json_buf *j)
+cmd_reload(struct admin_client *c, const struct admin_cmd *cmd, struct json_buf *j)
 {
-	(void)arg;
+	(void)cmd;
 	struct server *srv = c->adm->srv;
 	/* Not under the read lock: the reload waits for a grace period. */
 	int rc = server_reload(srv);
@@ -188,9 +188,9 @@ cmd_reload(struct admin_client *c, const char *arg, struct json_buf *j)
 }
 
 static void
-cmd_shutdown(struct admin_client *c, const char *arg, struct json_buf *j)
+cmd_shutdown(struct admin_client *c, const struct admin_cmd *cmd, struct json_buf *j)
 {
-	(void)arg;
+	(void)cmd;
 	json_obj_begin(j);
 	json_kv_bool(j, "ok", true);
 	json_kv_bool(j, "stopping", true);
@@ -199,43 +199,33 @@ cmd_shutdown(struct admin_client *c, const char *arg, struct json_buf *j)
 }
 
 static void
-cmd_account(struct admin_client *c, const char *arg, struct json_buf *j)
+cmd_account(struct admin_client *c, const struct admin_cmd *cmd, struct json_buf *j)
 {
 	(void)c;
-	char *end;
-	errno = 0;
-	unsigned long long id = strtoull(arg, &end, 10);
-	if (errno != 0 || *end != '\0' || id == 0 || arg[0] < '0' ||
-	    arg[0] > '9') {
-		json_obj_begin(j);
-		json_kv_str(j, "error", "account needs an account id (a number > 0)");
-		json_obj_end(j);
-		return;
-	}
-	server_core_account_json(id, j);
+	server_core_account_json(cmd->id, j);
 }
 
 static void
-cmd_stats(struct admin_client *c, const char *arg, struct json_buf *j)
+cmd_stats(struct admin_client *c, const struct admin_cmd *cmd, struct json_buf *j)
 {
 	(void)c;
-	(void)arg;
+	(void)cmd;
 	server_core_stats_json(j);
 }
 
 static void
-cmd_verify(struct admin_client *c, const char *arg, struct json_buf *j)
+cmd_verify(struct admin_client *c, const struct admin_cmd *cmd, struct json_buf *j)
 {
 	(void)c;
-	(void)arg;
+	(void)cmd;
 	server_core_verify_json(j);
 }
 
 static void
-cmd_snapshot(struct admin_client *c, const char *arg, struct json_buf *j)
+cmd_snapshot(struct admin_client *c, const struct admin_cmd *cmd, struct json_buf *j)
 {
 	(void)c;
-	(void)arg;
+	(void)cmd;
 	server_core_request_snapshot();
 	json_obj_begin(j);
 	json_kv_bool(j, "ok", true);
@@ -244,119 +234,77 @@ cmd_snapshot(struct admin_client *c, const char *arg, struct json_buf *j)
 }
 
 static void
-cmd_peak(struct admin_client *c, const char *arg, struct json_buf *j)
+cmd_peak(struct admin_client *c, const struct admin_cmd *cmd, struct json_buf *j)
 {
 	(void)c;
-	server_core_peak_json(arg, j);
+	server_core_peak_json(cmd, j);
 }
 
 static void
-cmd_hot(struct admin_client *c, const char *arg, struct json_buf *j)
+cmd_hot(struct admin_client *c, const struct admin_cmd *cmd, struct json_buf *j)
 {
 	(void)c;
-	server_core_hot_json(arg, j);
+	server_core_hot_json(cmd, j);
 }
 
 static void
-cmd_merge(struct admin_client *c, const char *arg, struct json_buf *j)
+cmd_merge(struct admin_client *c, const struct admin_cmd *cmd, struct json_buf *j)
 {
 	(void)c;
-	server_core_merge_json(arg, j);
+	server_core_merge_json(cmd, j);
 }
 
 static void
-cmd_store(struct admin_client *c, const char *arg, struct json_buf *j)
+cmd_store(struct admin_client *c, const struct admin_cmd *cmd, struct json_buf *j)
 {
 	(void)c;
-	server_core_store_json(arg, j);
+	server_core_store_json(cmd, j);
 }
 
 static void
-cmd_history(struct admin_client *c, const char *arg, struct json_buf *j)
+cmd_history(struct admin_client *c, const struct admin_cmd *cmd, struct json_buf *j)
 {
 	(void)c;
-	server_core_history_json(arg, j);
+	server_core_history_json(cmd, j);
 }
 
-enum { ARG_NONE, ARG_NEEDED, ARG_MAYBE };
-
-static const struct {
-	const char *name;
-	int takes_arg;
-	void (*fn)(struct admin_client *c, const char *arg, struct json_buf *j);
-} commands[] = {
-	{ "status", ARG_NONE, cmd_status },
-	{ "config", ARG_NONE, cmd_config },
-	{ "reload", ARG_NONE, cmd_reload },
-	{ "shutdown", ARG_NONE, cmd_shutdown },
-	{ "stats", ARG_NONE, cmd_stats },
-	{ "account", ARG_NEEDED, cmd_account },
-	{ "verify", ARG_NONE, cmd_verify },
-	{ "snapshot", ARG_NONE, cmd_snapshot },
-	{ "peak", ARG_MAYBE, cmd_peak },
-	{ "hot", ARG_MAYBE, cmd_hot },
-	{ "merge", ARG_MAYBE, cmd_merge },
-	{ "history", ARG_NEEDED, cmd_history },
-	{ "store", ARG_MAYBE, cmd_store },
+static void (*const commands[ADMIN_NVERBS])(struct admin_client *c,
+					   const struct admin_cmd *cmd,
+					   struct json_buf *j) = {
+	[ADMIN_STATUS] = cmd_status,	 [ADMIN_CONFIG] = cmd_config,
+	[ADMIN_RELOAD] = cmd_reload,	 [ADMIN_SHUTDOWN] = cmd_shutdown,
+	[ADMIN_STATS] = cmd_stats,	 [ADMIN_ACCOUNT] = cmd_account,
+	[ADMIN_VERIFY] = cmd_verify,	 [ADMIN_SNAPSHOT] = cmd_snapshot,
+	[ADMIN_PEAK] = cmd_peak,	 [ADMIN_HOT] = cmd_hot,
+	[ADMIN_MERGE] = cmd_merge,	 [ADMIN_HISTORY] = cmd_history,
+	[ADMIN_STORE] = cmd_store,
 };
 
+/* line[len] is writable: the '\n' that ended it. */
 static void
 handle_line(struct admin_client *c, char *line, size_t len)
 {
 	char msg[300];
-	if (len > 0 && line[len - 1] == '\r')
-		len--;
-	if (memchr(line, '\0', len) != NULL) {
-		/* "status\0junk" is not "status": refuse, never truncate. */
-		reply_error(c, "command contains a NUL byte");
+	struct admin_cmd cmd;
+	if (!admin_parse(line, len, &cmd, msg, sizeof(msg))) {
+		reply_error(c, msg);
 		return;
 	}
-	line[len] = '\0';
-
-	/* Split "verb arg". */
-	size_t vl = strcspn(line, " \t");
-	const char *rest = line + vl + strspn(line + vl, " \t");
-	if (vl == 0) {
-		reply_error(c, len == 0 ? "empty command"
-					: "command must not start with a blank");
+	/* One thread, so static. No larger than a client's output buffer:
+	 * every reply fits one that has been read. Long listings (history)
+	 * stop short of it and say so. */
+	static char buf[ADMIN_OUT_CAP - 1];
+	struct json_buf j;
+	json_init(&j, buf, sizeof(buf));
+	commands[cmd.verb](c, &cmd, &j);
+	if (j.overflow) { /* a bug of ours, not the client's */
+		DOVE_WARN("admin: the reply to '%s' is over %zu bytes",
+			  admin_verb_name(cmd.verb), sizeof(buf));
+		reply_error(c, "reply too large");
 		return;
 	}
-	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
-		if (strlen(commands[i].name) != vl ||
-		    memcmp(commands[i].name, line, vl) != 0)
-			continue;
-		if (commands[i].takes_arg != ARG_MAYBE &&
-		    (*rest != '\0') != (commands[i].takes_arg == ARG_NEEDED)) {
-			snprintf(msg, sizeof(msg), "%s %s", commands[i].name,
-				 commands[i].takes_arg ? "needs an argument"
-						       : "takes no arguments");
-			reply_error(c, msg);
-			return;
-		}
-		/* One thread, so static. No larger than a client's output
-		 * buffer: every reply fits one that has been read. Long
-		 * listings (history) stop short of it and say so. */
-		static char buf[ADMIN_OUT_CAP - 1];
-		struct json_buf j;
-		json_init(&j, buf, sizeof(buf));
-		commands[i].fn(c, rest, &j);
-		if (j.overflow) { /* a bug of ours, not the client's */
-			DOVE_WARN("admin: the reply to '%s' is over %zu bytes",
-				  commands[i].name, sizeof(buf));
-			reply_error(c, "reply too large");
-			return;
-		}
-		DOVE_ASSERT(j.depth == 0);
-		client_reply(c, &j);
-		return;
-	}
-	snprintf(msg, sizeof(msg),
-		 "unknown command '%.*s' (commands: status, config, reload, "
-		 "shutdown, stats, account ID, verify, snapshot, peak "
-		 "[on|off|auto], hot [add|del ID], merge [ID], history ID "
-		 "[--limit N], store [failback|verify])",
-		 (int)(vl > 64 ? 64 : vl), line);
-	reply_error(c, msg);
+	DOVE_ASSERT(j.depth == 0);
+	client_reply(c, &j);
 }
 
 static void

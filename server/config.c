@@ -12,6 +12,10 @@
 
 #include <errno.h>
 #include <ini.h>
+
+/* The longest line inih reads: its buffer holds the line, its newline
+ * and a NUL. */
+#define CONFIG_LINE_MAX (INI_MAX_LINE - 2)
 #include <inttypes.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -707,16 +711,29 @@ read_line(char *str, int num, void *stream)
 {
 	struct load_ctx *c = stream;
 	FILE *f = c->f;
+	int len = 0, ch = EOF;
+	bool nul = false;
 
-	if (fgets(str, num, f) == NULL)
+	/* By hand, not fgets: a NUL inside a line would end it for inih
+	 * and silently drop the rest. */
+	while (len < num - 1 && (ch = fgetc(f)) != EOF) {
+		nul |= ch == '\0';
+		str[len++] = (char)ch;
+		if (ch == '\n')
+			break;
+	}
+	if (len == 0)
 		return NULL;
+	str[len] = '\0';
 	c->lineno++;
-	size_t len = strlen(str);
-	if (len == (size_t)num - 1 && str[len - 1] != '\n' && !feof(f)) {
-		int ch;
+	if (len == num - 1 && str[len - 1] != '\n' && (ch = fgetc(f)) != EOF &&
+	    ch != '\n') {
 		while ((ch = fgetc(f)) != EOF && ch != '\n')
 			;
 		load_error(c, "line longer than %d bytes", num - 2);
+		str[0] = '\0';
+	} else if (nul) {
+		load_error(c, "line contains a NUL byte");
 		str[0] = '\0';
 	}
 	return str;
@@ -796,6 +813,24 @@ server_config_load(const char *path, server_config **out, char *err,
 				 "resolved against %s; set it in the file",
 				 path, keys[i].section, keys[i].name,
 				 keys[i].def, c->dir);
+			rc = -DOVE_ECONFIG;
+			goto out_free;
+		}
+	}
+	/* Whatever we accept, --check-config must be able to print as a
+	 * file we accept again: a relative path resolved against a deep
+	 * directory can outgrow a config line. */
+	for (size_t i = 0; i < NKEYS; i++) {
+		char v[PATH_MAX + 64];
+		size_t n = server_config_format(cfg, i, v, sizeof(v)) +
+			   strlen(keys[i].name) + 3;
+		if (n > CONFIG_LINE_MAX) {
+			snprintf(err, errlen,
+				 "%s: [%s] %s: the value is %zu bytes once "
+				 "resolved ('%.80s...'); a config line holds "
+				 "at most %d: use a shorter path",
+				 path, keys[i].section, keys[i].name,
+				 n - strlen(keys[i].name) - 3, v, CONFIG_LINE_MAX);
 			rc = -DOVE_ECONFIG;
 			goto out_free;
 		}

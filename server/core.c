@@ -1600,22 +1600,6 @@ json_error(struct json_buf *j, const char *msg)
 	json_obj_end(j);
 }
 
-static bool
-parse_id(const char *s, uint64_t *id, const char **rest)
-{
-	char *end;
-	if (*s < '0' || *s > '9')
-		return false;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno != 0 || v == 0 || (*end != '\0' && *end != ' '))
-		return false;
-	*id = v;
-	if (rest)
-		*rest = end + strspn(end, " ");
-	return true;
-}
-
 static void
 json_time(struct json_buf *j, uint64_t ns)
 {
@@ -1649,18 +1633,12 @@ peak_status(struct core *k, struct json_buf *j)
 }
 
 void
-server_core_peak_json(const char *arg, struct json_buf *j)
+server_core_peak_json(const struct admin_cmd *cmd, struct json_buf *j)
 {
 	struct core *k = the_core;
-	if (*arg) {
-		if (!strcmp(arg, "on"))
-			k->peak_override = 1;
-		else if (!strcmp(arg, "off"))
-			k->peak_override = 0;
-		else if (!strcmp(arg, "auto"))
-			k->peak_override = -1;
-		else
-			return json_error(j, "peak takes on, off or auto");
+	if (cmd->op != ADMIN_PEAK_SHOW) {
+		k->peak_override = cmd->op == ADMIN_PEAK_ON ? 1
+				 : cmd->op == ADMIN_PEAK_OFF ? 0 : -1;
 		core_tick(k, core_now_ns()); /* logged with the next epoch */
 	}
 	json_obj_begin(j);
@@ -1716,15 +1694,12 @@ list_hot(void *arg, uint64_t id, uint32_t reason)
 }
 
 void
-server_core_hot_json(const char *arg, struct json_buf *j)
+server_core_hot_json(const struct admin_cmd *cmd, struct json_buf *j)
 {
 	struct core *k = the_core;
-	if (*arg) {
-		bool add = !strncmp(arg, "add ", 4), del = !strncmp(arg, "del ", 4);
-		uint64_t id;
-		const char *rest;
-		if ((!add && !del) || !parse_id(arg + 4, &id, &rest) || *rest)
-			return json_error(j, "hot takes nothing, `add ID` or `del ID`");
+	if (cmd->op != ADMIN_HOT_LIST) {
+		bool add = cmd->op == ADMIN_HOT_ADD;
+		uint64_t id = cmd->id;
 		enum settle_result r = stage_control(k, SETTLE_REC_HOT, id, add,
 						     SETTLE_HOT_ADMIN);
 		json_obj_begin(j);
@@ -1754,13 +1729,10 @@ server_core_hot_json(const char *arg, struct json_buf *j)
 }
 
 void
-server_core_merge_json(const char *arg, struct json_buf *j)
+server_core_merge_json(const struct admin_cmd *cmd, struct json_buf *j)
 {
 	struct core *k = the_core;
-	uint64_t id = 0;
-	if (*arg && !parse_id(arg, &id, NULL))
-		return json_error(j, "merge takes nothing (every buffer) or an "
-				     "account id");
+	uint64_t id = cmd->id;
 	enum settle_result r = stage_control(k, SETTLE_REC_MERGE, id, 0,
 					     SETTLE_MERGE_ADMIN);
 	json_obj_begin(j);
@@ -1798,19 +1770,17 @@ server_core_store_lag_json(struct json_buf *j)
 }
 
 void
-server_core_store_json(const char *arg, struct json_buf *j)
+server_core_store_json(const struct admin_cmd *cmd, struct json_buf *j)
 {
 	struct core *k = the_core;
 	if (k->proj == NULL)
 		return json_error(j, "[store] backend is file: no projection "
 				     "(set backend = mariadb)");
 	uint64_t asked = 0;
-	if (!strcmp(arg, "failback"))
+	if (cmd->op == ADMIN_STORE_FAILBACK)
 		store_projection_failback(k->proj);
-	else if (!strcmp(arg, "verify"))
+	else if (cmd->op == ADMIN_STORE_VERIFY)
 		asked = store_projection_verify(k->proj);
-	else if (*arg)
-		return json_error(j, "store takes nothing, failback or verify");
 	struct store_projection_stats ps;
 	store_projection_stats_get(k->proj, &ps);
 	json_obj_begin(j);
@@ -1857,25 +1827,9 @@ server_core_store_json(const char *arg, struct json_buf *j)
 }
 
 void
-server_core_history_json(const char *arg, struct json_buf *j)
+server_core_history_json(const struct admin_cmd *cmd, struct json_buf *j)
 {
-	struct core *k = the_core;
-	uint64_t id;
-	const char *rest;
-	uint32_t limit = 20;
-	if (!parse_id(arg, &id, &rest))
-		return json_error(j, "history needs an account id, then "
-				     "optionally --limit N");
-	if (*rest) {
-		char *end;
-		unsigned long n = strncmp(rest, "--limit ", 8) ? 0
-							 : strtoul(rest + 8, &end, 10);
-		if (n == 0 || n > 1000 || *end != '\0')
-			return json_error(j, "history ID [--limit N], N in "
-					     "1..1000");
-		limit = (uint32_t)n;
-	}
-	journal_history_json(k->journal, id, limit, j);
+	journal_history_json(the_core->journal, cmd->id, cmd->limit, j);
 }
 
 /* A log2 histogram's p50 and p99 (and p99.9), keys prefix + "p50_le"...:

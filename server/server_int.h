@@ -109,14 +109,55 @@ void server_core_stats_json(struct json_buf *j);
 void server_core_verify_json(struct json_buf *j);
 
 /* Admin commands for peak and the hot set: each writes its JSON reply. */
-void server_core_peak_json(const char *arg, struct json_buf *j);
-void server_core_hot_json(const char *arg, struct json_buf *j);
-void server_core_merge_json(const char *arg, struct json_buf *j);
-void server_core_history_json(const char *arg, struct json_buf *j);
+struct admin_cmd;
+void server_core_peak_json(const struct admin_cmd *cmd, struct json_buf *j);
+void server_core_hot_json(const struct admin_cmd *cmd, struct json_buf *j);
+void server_core_merge_json(const struct admin_cmd *cmd, struct json_buf *j);
+void server_core_history_json(const struct admin_cmd *cmd, struct json_buf *j);
 /* The store: `store`, `store failback`, `store verify`; and the lag
  * object that status and stats carry. */
-void server_core_store_json(const char *arg, struct json_buf *j);
+void server_core_store_json(const struct admin_cmd *cmd, struct json_buf *j);
 void server_core_store_lag_json(struct json_buf *j);
+
+/* ---- admin command grammar (admin_cmd.c) ----------------------------------- */
+
+enum admin_verb {
+	ADMIN_STATUS,
+	ADMIN_CONFIG,
+	ADMIN_RELOAD,
+	ADMIN_SHUTDOWN,
+	ADMIN_STATS,
+	ADMIN_ACCOUNT,
+	ADMIN_VERIFY,
+	ADMIN_SNAPSHOT,
+	ADMIN_PEAK,
+	ADMIN_HOT,
+	ADMIN_MERGE,
+	ADMIN_HISTORY,
+	ADMIN_STORE,
+	ADMIN_NVERBS
+};
+
+enum { ADMIN_PEAK_SHOW, ADMIN_PEAK_ON, ADMIN_PEAK_OFF, ADMIN_PEAK_AUTO };
+enum { ADMIN_HOT_LIST, ADMIN_HOT_ADD, ADMIN_HOT_DEL };
+enum { ADMIN_STORE_SHOW, ADMIN_STORE_FAILBACK, ADMIN_STORE_VERIFY };
+
+struct admin_cmd {
+	enum admin_verb verb;
+	int op;         /* PEAK, HOT, STORE: one of the ADMIN_<VERB>_* */
+	uint64_t id;    /* ACCOUNT, HOT add/del, HISTORY; MERGE (0: all) */
+	uint32_t limit; /* HISTORY: 1..1000, 20 when not given */
+};
+
+/*
+ * Parse one command line of len bytes (no '\n'; a trailing '\r' is
+ * ignored); line[len] must be writable (it is set to NUL). Returns true
+ * with *cmd filled, or false with the message for the client in err.
+ * Pure: the fuzzer's target (tests/fuzz/fuzz_admin.c).
+ */
+bool admin_parse(char *line, size_t len, struct admin_cmd *cmd, char *err,
+		 size_t errlen);
+const char *admin_verb_name(enum admin_verb v);
 
 /* ---- UNIX listening sockets (unixsock.c) -------------------------------- */
 

@@ -196,6 +196,44 @@ START_TEST(invalid_input_is_named)
 }
 END_TEST
 
+/* Found by tests/fuzz/fuzz_config: a NUL ended the line for inih and the
+ * rest was dropped silently; and a relative path that fits its line can
+ * resolve to one that --check-config prints as a line no load accepts. */
+START_TEST(nul_byte_and_overlong_resolved_path_are_refused)
+{
+	server_config *cfg = NULL;
+	char err[1024];
+	FILE *f = fopen(cfgpath, "w");
+	ck_assert_ptr_nonnull(f);
+	fwrite("[wal]\nsegment_mb = 1\0junk\n", 1, 27, f);
+	fclose(f);
+	int rc = server_config_load(cfgpath, &cfg, err, sizeof(err));
+	ck_assert_int_eq(rc, -DOVE_ECONFIG);
+	ck_assert_msg(strstr(err, ":2: line contains a NUL byte"), "%s", err);
+
+	char text[512], name[200];
+	memset(name, 'a', 180);
+	name[180] = '\0';
+	snprintf(text, sizeof(text), "[wal]\ndir = %s\n", name);
+	rc = load_text(text, &cfg, err, sizeof(err));
+	ck_assert_int_eq(rc, -DOVE_ECONFIG);
+	ck_assert_msg(strstr(err, "[wal] dir: the value is") &&
+		      strstr(err, "use a shorter path"), "%s", err);
+	/* ...while the same name as an absolute path of that length loads,
+	 * and its write-back loads again. */
+	snprintf(text, sizeof(text), "[wal]\ndir = /%s\n", name + 10);
+	rc = load_text(text, &cfg, err, sizeof(err));
+	ck_assert_msg(rc == 0, "%s", err);
+	f = fopen(cfgpath, "w");
+	server_config_write_ini(cfg, f);
+	fclose(f);
+	server_config_free(cfg);
+	rc = server_config_load(cfgpath, &cfg, err, sizeof(err));
+	ck_assert_msg(rc == 0, "written back: %s", err);
+	server_config_free(cfg);
+}
+END_TEST
+
 START_TEST(missing_file_is_named)
 {
 	server_config *cfg;
@@ -468,6 +506,7 @@ config_suite(void)
 	tcase_add_test(tc, shipped_config_loads);
 	tcase_add_test(tc, shipped_config_matches_table);
 	tcase_add_test(tc, empty_file_gives_defaults);
+	tcase_add_test(tc, nul_byte_and_overlong_resolved_path_are_refused);
 	tcase_add_test(tc, values_parse_and_paths_resolve);
 	suite_add_tcase(s, tc);
 
