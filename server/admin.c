@@ -149,6 +149,15 @@ cmd_status(struct admin_client *c, const struct admin_cmd *cmd, struct json_buf 
 	json_kv_u64(j, "durable_epoch", store_wal_durable_epoch(srv->wal));
 	json_kv_u64(j, "segments", ws.segments);
 	json_kv_u64(j, "epochs_since_start", ws.epochs);
+	/* After a failed fdatasync every write is answered unavailable
+	 * until a restart: say so, and why. */
+	json_kv_bool(j, "accepting_writes", !ws.poisoned);
+	json_kv_u64(j, "failed_commits", ws.failed_commits);
+	json_key(j, "error");
+	if (ws.error[0])
+		json_str(j, ws.error);
+	else
+		json_null(j);
 	json_obj_end(j);
 	json_key(j, "store");
 	server_core_store_lag_json(j);

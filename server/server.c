@@ -209,6 +209,17 @@ wal_open(struct server *srv)
 	};
 	struct store_wal_scan scan;
 	char err[PATH_MAX + 512];
+	/* Tests only (docs/testing.md): make chosen storage calls fail. */
+	const char *fault = getenv("DOVE_FAULT");
+	if (fault != NULL && *fault != '\0') {
+		int frc = store_fault_configure(fault, err, sizeof(err));
+		if (frc != 0) {
+			DOVE_ERROR("DOVE_FAULT: %s", err);
+			return frc;
+		}
+		DOVE_WARN("DOVE_FAULT=%s: storage fault injection is on; this "
+			  "is for tests only", fault);
+	}
 	int rc = store_wal_open(&wc, &srv->wal, &scan, err, sizeof(err));
 	if (rc != 0) {
 		DOVE_ERROR("%s", err);

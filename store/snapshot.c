@@ -72,7 +72,7 @@ write_all(int fd, const void *p, size_t n)
 {
 	const unsigned char *b = p;
 	while (n > 0) {
-		ssize_t w = write(fd, b, n);
+		ssize_t w = store_io_pwrite(STORE_IO_SNAP_WRITE, fd, b, n, -1);
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w <= 0)
@@ -175,11 +175,12 @@ store_snap_commit(store_snap_writer *w, uint64_t accounts, uint64_t ids,
 	t.crc = store_crc32c(w->crc, &w->h, sizeof(w->h));
 	if (rc == 0)
 		rc = write_all(w->fd, &t, sizeof(t));
-	if (rc == 0 && pwrite(w->fd, &w->h, sizeof(w->h), 0) != sizeof(w->h))
+	if (rc == 0 && store_io_pwrite(STORE_IO_SNAP_WRITE, w->fd, &w->h,
+				       sizeof(w->h), 0) != sizeof(w->h))
 		rc = -EIO;
-	if (rc == 0 && fsync(w->fd) != 0)
+	if (rc == 0 && store_io_sync(STORE_IO_SNAP_SYNC, w->fd, false) != 0)
 		rc = -errno;
-	if (rc == 0 && rename(w->tmp, w->final) != 0)
+	if (rc == 0 && store_io_rename(STORE_IO_SNAP_RENAME, w->tmp, w->final) != 0)
 		rc = -errno;
 	if (rc != 0) {
 		store_snap_abort(w);
@@ -187,13 +188,10 @@ store_snap_commit(store_snap_writer *w, uint64_t accounts, uint64_t ids,
 	}
 	close(w->fd);
 	w->fd = -1;
-	int dfd = open(w->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd >= 0) {
-		if (fsync(dfd) != 0)
-			rc = -errno;
-		close(dfd);
-	}
-	return rc;
+	/* The file is whole and synced under its final name; only its
+	 * name may not be durable yet. Reported, so nothing (WAL
+	 * retention) relies on it. */
+	return store_io_fsync_dir(STORE_IO_SNAP_DIRSYNC, w->dir);
 }
 
 void

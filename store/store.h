@@ -30,6 +30,20 @@ int
 store_dir_create_parent(const char *path, mode_t mode, char *err,
 			size_t errlen);
 
+/*
+ * Tests only: make chosen durable-I/O calls of the storage layer fail.
+ * spec is "OP:N:ERR[,OP:N:ERR...]": the N-th call (from 1; "N+": the N-th
+ * and every later one) of OP fails with ERR. OP: wal.write and wal.sync
+ * (an epoch's pwrite and fdatasync), wal.segwrite and wal.segsync (the
+ * anchor, segment headers, seals, zeroing a torn tail), wal.rename,
+ * wal.dirsync (directory fsync), wal.fallocate (the next segment),
+ * snap.write, snap.sync (fsync), snap.rename, snap.dirsync. ERR: EIO, ENOSPC, or
+ * for writes "short" (half the bytes are written). NULL or "" turns it
+ * off. Resets the call counters. doved reads it from DOVE_FAULT at start.
+ * Returns 0 or -EINVAL (message in err).
+ */
+int store_fault_configure(const char *spec, char *err, size_t errlen);
+
 /* ---- write-ahead log ------------------------------------------------------ */
 
 /*
@@ -198,6 +212,9 @@ struct store_wal_stats {
 	 * [2^i, 2^(i+1)) ns. */
 	uint64_t commit_hist[STORE_WAL_HIST];
 	uint64_t failed_commits;
+	bool poisoned;   /* a failed fdatasync: nothing more is accepted */
+	char error[256]; /* the last failed commit's reason ("" if none);
+			    once poisoned, the poisoning one */
 	uint32_t segments;
 };
 

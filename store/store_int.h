@@ -82,4 +82,37 @@ _Static_assert(sizeof(struct wal_record_header) == 8, "record header");
 
 #define WAL_ALIGN(n) (((n) + 7u) & ~(size_t)7u)
 
+/* ---- durable I/O and the fault switch (io.c) ------------------------------ */
+
+#include <sys/types.h>
+
+/* Call sites by kind, for the fault switch's counters. */
+enum store_io_op {
+	STORE_IO_WAL_WRITE,     /* an epoch */
+	STORE_IO_WAL_SYNC,      /* an epoch's fdatasync */
+	STORE_IO_WAL_SEG_WRITE, /* anchor, segment header, seal, tail zeroing */
+	STORE_IO_WAL_SEG_SYNC,  /* their fdatasync */
+	STORE_IO_WAL_RENAME,
+	STORE_IO_WAL_DIRSYNC,
+	STORE_IO_WAL_FALLOCATE,
+	STORE_IO_SNAP_WRITE,
+	STORE_IO_SNAP_SYNC,
+	STORE_IO_SNAP_RENAME,
+	STORE_IO_SNAP_DIRSYNC,
+	STORE_IO_NOPS
+};
+
+/* Each is the system call (pwrite; write when off < 0; fdatasync or
+ * fsync; rename; fallocate from 0) and returns like it, unless the fault
+ * switch makes this call fail. store_io_fsync_dir opens, fsyncs and
+ * closes dir and returns 0 or -errno. */
+ssize_t store_io_pwrite(enum store_io_op op, int fd, const void *buf,
+			size_t n, off_t off);
+int store_io_sync(enum store_io_op op, int fd, bool data_only);
+int store_io_rename(enum store_io_op op, const char *from, const char *to);
+int store_io_fsync_dir(enum store_io_op op, const char *dir);
+int store_io_fallocate(int fd, off_t len);
+/* Calls of op so far (tests). */
+uint64_t store_io_calls(enum store_io_op op);
+
 #endif

@@ -777,17 +777,20 @@ struct store_wal {
 	uint64_t seg_off;        /* append offset in it */
 	uint64_t next_epoch, next_lsn;
 	int next_fd;             /* prepared wal-next.tmp, or -1 */
+	char why[256];           /* why the last commit failed */
 	struct store_wal_stats stats;
 	struct seg *segs;        /* every segment, oldest first */
 	uint32_t nsegs, segs_cap;
 };
 
 static int
-io_pwrite_all(store_wal *w, int fd, const void *buf, size_t n, off_t off)
+io_pwrite_all(store_wal *w, enum store_io_op op, int fd, const void *buf,
+	      size_t n, off_t off)
 {
 	const unsigned char *p = buf;
 	while (n > 0) {
-		ssize_t r = w->io.pwrite(fd, p, n, off);
+		ssize_t r = w->io.pwrite ? w->io.pwrite(fd, p, n, off)
+					 : store_io_pwrite(op, fd, p, n, off);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
@@ -802,22 +805,35 @@ io_pwrite_all(store_wal *w, int fd, const void *buf, size_t n, off_t off)
 }
 
 static int
-io_sync(store_wal *w, int fd)
+io_sync(store_wal *w, enum store_io_op op, int fd)
 {
 	if (!w->cfg.fsync)
 		return 0;
-	return w->io.fdatasync(fd) < 0 ? -errno : 0;
+	int r = w->io.fdatasync ? w->io.fdatasync(fd)
+				: store_io_sync(op, fd, true);
+	return r < 0 ? -errno : 0;
+}
+
+/*
+ * A durability call failed: what it covered may or may not be on disk,
+ * and a retry that succeeds proves nothing (the kernel may have dropped
+ * the dirty pages: PostgreSQL's "fsyncgate"). So nothing more is ever
+ * acknowledged; a restart recovers what is durable. Committer only.
+ */
+static int
+poison(store_wal *w, int rc, const char *what)
+{
+	snprintf(w->why, sizeof(w->why), "%s failed: %s; the WAL is poisoned "
+		 "and accepts nothing more (restart doved: recovery keeps "
+		 "exactly what is durable)", what, dove_strerror(rc));
+	DOVE_ERROR("wal: %s", w->why);
+	return -DOVE_EPOISONED;
 }
 
 static int
 fsync_dir(const char *dir)
 {
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	int rc = fsync(fd) < 0 ? -errno : 0;
-	close(fd);
-	return rc;
+	return store_io_fsync_dir(STORE_IO_WAL_DIRSYNC, dir);
 }
 
 static void
@@ -849,7 +865,8 @@ prepare_next(store_wal *w)
 	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
 	if (fd < 0)
 		return -errno;
-	if (w->io.fallocate(fd, 0, 0, (off_t)w->cfg.segment_bytes) < 0) {
+	if ((w->io.fallocate ? w->io.fallocate(fd, 0, 0, (off_t)w->cfg.segment_bytes)
+			     : store_io_fallocate(fd, (off_t)w->cfg.segment_bytes)) < 0) {
 		int rc = -errno;
 		close(fd);
 		unlink(path);
@@ -876,20 +893,23 @@ roll_segment(store_wal *w)
 		.created_ns = dove_clock_ns(CLOCK_REALTIME),
 	};
 	sh.crc = store_crc32c(0, &sh, sizeof(sh));
-	rc = io_pwrite_all(w, w->next_fd, &sh, sizeof(sh), 0);
-	if (rc == 0)
-		rc = io_sync(w, w->next_fd);
+	rc = io_pwrite_all(w, STORE_IO_WAL_SEG_WRITE, w->next_fd, &sh, sizeof(sh), 0);
 	if (rc != 0)
 		return rc;
+	if ((rc = io_sync(w, STORE_IO_WAL_SEG_SYNC, w->next_fd)) != 0)
+		return poison(w, rc, "fdatasync of the next segment's header");
 	char from[PATH_MAX], to[PATH_MAX];
 	snprintf(from, sizeof(from), "%s/" NEXT_NAME, w->dir);
 	snprintf(to, sizeof(to), "%s/" SEG_PREFIX "%020" PRIu64 SEG_SUFFIX,
 		 w->dir, w->next_epoch);
-	if (rename(from, to) < 0)
-		return -errno;
-	/* The rename must be durable before any epoch in it is acked. */
+	if (store_io_rename(STORE_IO_WAL_RENAME, from, to) < 0)
+		return -errno; /* nothing changed: the next commit tries again */
+	/* The rename must be durable before any epoch in it is acked. A
+	 * failed directory fsync leaves it neither undone nor known to be
+	 * durable (and wal-next.tmp is gone): as with a failed fdatasync,
+	 * nothing more may be acknowledged. */
 	if (w->cfg.fsync && (rc = fsync_dir(w->dir)) != 0)
-		return rc;
+		return poison(w, rc, "fsync of the WAL directory after a new segment");
 	int old_fd = w->fd;
 	uint64_t old_off = w->seg_off;
 	w->fd = w->next_fd;
@@ -913,13 +933,14 @@ roll_segment(store_wal *w)
 	};
 	seal.crc = seal_crc(&seal);
 	DOVE_ASSERT(old_off + sizeof(seal) <= w->cfg.segment_bytes);
-	rc = io_pwrite_all(w, old_fd, &seal, sizeof(seal), (off_t)old_off);
-	if (rc == 0 && (rc = io_sync(w, old_fd)) != 0) {
-		DOVE_ERROR("wal: fdatasync of a segment's seal failed: %s; the "
-			   "WAL is poisoned and accepts nothing more",
-			   dove_strerror(rc));
-		rc = -DOVE_EPOISONED;
-	}
+	rc = io_pwrite_all(w, STORE_IO_WAL_SEG_WRITE, old_fd, &seal, sizeof(seal), (off_t)old_off);
+	if (rc == 0)
+		rc = io_sync(w, STORE_IO_WAL_SEG_SYNC, old_fd);
+	/* The new segment is already the current one: without its seal a
+	 * lost new segment would look like the end of the log, so a failed
+	 * write poisons too. */
+	if (rc != 0)
+		rc = poison(w, rc, "writing the previous segment's seal");
 	close(old_fd);
 	return rc;
 }
@@ -943,11 +964,11 @@ write_anchor(store_wal *w, uint64_t first_epoch)
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
 	if (fd < 0)
 		return -errno;
-	int rc = io_pwrite_all(w, fd, &a, sizeof(a), 0);
+	int rc = io_pwrite_all(w, STORE_IO_WAL_SEG_WRITE, fd, &a, sizeof(a), 0);
 	if (rc == 0)
-		rc = io_sync(w, fd);
+		rc = io_sync(w, STORE_IO_WAL_SEG_SYNC, fd);
 	close(fd);
-	if (rc == 0 && rename(tmp, path) < 0)
+	if (rc == 0 && store_io_rename(STORE_IO_WAL_RENAME, tmp, path) < 0)
 		rc = -errno;
 	if (rc == 0 && w->cfg.fsync)
 		rc = fsync_dir(w->dir);
@@ -986,15 +1007,14 @@ commit(store_wal *w, struct buf *b, uint64_t *epoch, uint64_t *first_lsn)
 	struct wal_epoch_header check;
 	DOVE_ASSERT_DEBUG(epoch_valid(b->data, b->len, 0, &check, &why));
 
-	int rc = io_pwrite_all(w, w->fd, b->data, b->len, (off_t)w->seg_off);
+	int rc = io_pwrite_all(w, STORE_IO_WAL_WRITE, w->fd, b->data, b->len, (off_t)w->seg_off);
 	if (rc != 0)
 		return rc; /* not durable; offset and numbers are reused */
-	rc = io_sync(w, w->fd);
+	rc = io_sync(w, STORE_IO_WAL_SYNC, w->fd);
 	if (rc != 0) {
-		DOVE_ERROR("wal: fdatasync failed at epoch %" PRIu64 ": %s; "
-			   "the WAL is poisoned and accepts nothing more",
-			   h.epoch, dove_strerror(rc));
-		return -DOVE_EPOISONED;
+		char what[64];
+		snprintf(what, sizeof(what), "fdatasync of epoch %" PRIu64, h.epoch);
+		return poison(w, rc, what);
 	}
 	*epoch = h.epoch;
 	*first_lsn = h.first_lsn;
@@ -1047,8 +1067,11 @@ committer_main(void *arg)
 						  dove_strerror(prc));
 			}
 		} else if (rc != -DOVE_EPOISONED) {
-			DOVE_ERROR("wal: epoch %" PRIu64 " not written: %s",
-				   w->next_epoch, dove_strerror(rc));
+			snprintf(w->why, sizeof(w->why),
+				 "epoch %" PRIu64 " not written: %s (the next "
+				 "commit tries again)", w->next_epoch,
+				 dove_strerror(rc));
+			DOVE_ERROR("wal: %s", w->why);
 		}
 
 		pthread_mutex_lock(&w->mu);
@@ -1067,9 +1090,12 @@ committer_main(void *arg)
 						     : STORE_WAL_HIST - 1]++;
 		} else {
 			w->stats.failed_commits++;
+			if (!w->stats.poisoned)
+				snprintf(w->stats.error, sizeof(w->stats.error),
+					 "%s", w->why);
 		}
 		if (rc == -DOVE_EPOISONED)
-			w->poisoned = true;
+			w->poisoned = w->stats.poisoned = true;
 		struct outcome *o = &w->outcomes[b->batch % OUTCOMES];
 		o->batch = b->batch;
 		o->rc = rc;
@@ -1211,24 +1237,6 @@ store_wal_stats_get(store_wal *w, struct store_wal_stats *st)
 
 /* ---- open, recovery, close, retention ---------------------------------- */
 
-static ssize_t
-real_pwrite(int fd, const void *buf, size_t n, off_t off)
-{
-	return pwrite(fd, buf, n, off);
-}
-
-static int
-real_fdatasync(int fd)
-{
-	return fdatasync(fd);
-}
-
-static int
-real_fallocate(int fd, int mode, off_t off, off_t len)
-{
-	return fallocate(fd, mode, off, len);
-}
-
 /* Zero [off, end of file) so stale bytes of a torn epoch never look like
  * an epoch to a later recovery. */
 static int
@@ -1244,11 +1252,11 @@ zero_tail(store_wal *w, const char *path, uint64_t off)
 		size_t n = (uint64_t)st.st_size - p < sizeof(zeros)
 				   ? (size_t)((uint64_t)st.st_size - p)
 				   : sizeof(zeros);
-		rc = io_pwrite_all(w, fd, zeros, n, (off_t)p);
+		rc = io_pwrite_all(w, STORE_IO_WAL_SEG_WRITE, fd, zeros, n, (off_t)p);
 		p += n;
 	}
 	if (rc == 0)
-		rc = io_sync(w, fd);
+		rc = io_sync(w, STORE_IO_WAL_SEG_SYNC, fd);
 	close(fd);
 	return rc;
 }
@@ -1318,11 +1326,10 @@ store_wal_open(const struct store_wal_config *cfg, store_wal **out,
 	w->cfg = *cfg;
 	snprintf(w->dir, sizeof(w->dir), "%s", cfg->dir);
 	w->cfg.dir = w->dir;
-	w->io.pwrite = cfg->io && cfg->io->pwrite ? cfg->io->pwrite : real_pwrite;
-	w->io.fdatasync = cfg->io && cfg->io->fdatasync ? cfg->io->fdatasync
-							 : real_fdatasync;
-	w->io.fallocate = cfg->io && cfg->io->fallocate ? cfg->io->fallocate
-							 : real_fallocate;
+	/* NULL: through io.c (the fault switch); else the test's hooks. */
+	w->io.pwrite = cfg->io ? cfg->io->pwrite : NULL;
+	w->io.fdatasync = cfg->io ? cfg->io->fdatasync : NULL;
+	w->io.fallocate = cfg->io ? cfg->io->fallocate : NULL;
 	pthread_mutex_init(&w->mu, NULL);
 	pthread_cond_init(&w->has_data, NULL);
 	pthread_cond_init(&w->has_room, NULL);
@@ -1377,14 +1384,6 @@ store_wal_open(const struct store_wal_config *cfg, store_wal **out,
 	}
 	/* Before the first segment of a new log is made (and for a log
 	 * from before anchors, now). */
-	char anchor[PATH_MAX];
-	if (!anchor_exists(w->dir, anchor, sizeof(anchor)) &&
-	    (rc = write_anchor(w, w->nsegs > 0 ? w->segs[0].first_epoch
-					       : w->next_epoch)) != 0) {
-		snprintf(err, errlen, "wal: writing %s: %s", anchor,
-			 dove_strerror(rc));
-		goto out_free;
-	}
 	if (w->nsegs > 0) {
 		w->fd = open(scan.end_file, O_RDWR | O_CLOEXEC);
 		if (w->fd < 0) {
@@ -1397,6 +1396,17 @@ store_wal_open(const struct store_wal_config *cfg, store_wal **out,
 	} else if ((rc = roll_segment(w)) != 0) {
 		snprintf(err, errlen, "wal: creating a segment in %s: %s",
 			 w->dir, dove_strerror(rc));
+		goto out_free;
+	}
+	/* The anchor comes after the first segment is durable: a start that
+	 * fails (or dies) in between leaves a segment and no anchor, which
+	 * the next start anchors -- never an anchor without a segment, which
+	 * means a lost log and is refused. Nothing is answered before. */
+	char anchor[PATH_MAX];
+	if (!anchor_exists(w->dir, anchor, sizeof(anchor)) &&
+	    (rc = write_anchor(w, w->segs[0].first_epoch)) != 0) {
+		snprintf(err, errlen, "wal: writing %s: %s", anchor,
+			 dove_strerror(rc));
 		goto out_free;
 	}
 

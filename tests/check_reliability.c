@@ -555,6 +555,191 @@ START_TEST(file_size_limit_does_not_kill)
 }
 END_TEST
 
+/* ---- storage fault injection (DOVE_FAULT) ------------------------------- */
+
+/*
+ * Each case makes one durable-I/O call of the storage layer fail (the
+ * n-th of its kind; "+": and every later one) in a real doved under a
+ * pipelined load that rolls two segments and takes snapshots. Whatever
+ * fails, every reply is OK or `unavailable`; a failed fdatasync or
+ * directory fsync poisons the WAL (status says so and why, and every
+ * later write is refused); after a SIGKILL and a start without the fault,
+ * every answered transfer is there exactly once (a retry is `dup`), every
+ * refused one can be retried, and the books balance.
+ */
+static const char *const fault_specs[] = {
+	/* the epochs' own pwrite and fdatasync */
+	"wal.write:3:EIO", "wal.write:3:ENOSPC", "wal.write:5:short",
+	"wal.write:8+:ENOSPC", "wal.sync:1:EIO", "wal.sync:3:EIO",
+	"wal.sync:20:ENOSPC",
+	/* first header (1), anchor (2), second header (3), first seal (4),
+	 * third header (5), second seal (6); and their fdatasync */
+	"wal.segwrite:1:EIO", "wal.segwrite:2:EIO", "wal.segwrite:3:ENOSPC",
+	"wal.segwrite:4:EIO", "wal.segwrite:4:short", "wal.segwrite:6:EIO",
+	"wal.segsync:1:EIO", "wal.segsync:2:EIO", "wal.segsync:3:EIO",
+	"wal.segsync:4:EIO",
+	/* first segment (1), anchor (2), later segments; directory fsyncs */
+	"wal.rename:1:EIO", "wal.rename:2:EIO", "wal.rename:3:ENOSPC",
+	"wal.dirsync:1:EIO", "wal.dirsync:2:EIO", "wal.dirsync:3:EIO",
+	/* after the first snapshot retires a segment: logged, no poison
+	 * (deleting is not acknowledging) */
+	"wal.dirsync:4:EIO",
+	/* preparing the next segment: once, and the disk staying full */
+	"wal.fallocate:1:ENOSPC", "wal.fallocate:2:ENOSPC",
+	"wal.fallocate:2+:ENOSPC",
+	/* snapshots (each child counts from 1) */
+	"snap.write:1:EIO", "snap.write:2:short", "snap.write:1+:ENOSPC",
+	"snap.sync:1:EIO", "snap.rename:1:EIO", "snap.dirsync:1:EIO",
+};
+
+#define FAULT_IDS 40000
+#define FAULT_ID0 1000
+
+/* ACCOUNT 1 and 2 until each exists (a refusal is retried). */
+static bool
+ensure_accounts(int fd)
+{
+	char r[256], line[32];
+	for (int a = 1; a <= 2; a++) {
+		bool ok = false;
+		for (int t = 0; t < 3 && !ok; t++) {
+			snprintf(line, sizeof(line), "ACCOUNT %d", a);
+			ck_assert(dh_cmd_fd(fd, line, r, sizeof(r)));
+			ok = !strncmp(r, "OK ", 3) || strstr(r, "account_exists");
+			ck_assert_msg(ok || strstr(r, "unavailable"), "%s: %s", line, r);
+		}
+		if (!ok)
+			return false;
+	}
+	return true;
+}
+
+/* Pipeline TRANSFER id 1 2 1 for ids [from, to) in rounds of 1000;
+ * state[id - FAULT_ID0]: 1 answered OK (dup if want_dup), 2 refused. */
+static void
+fault_round(int fd, uint64_t from, uint64_t to, char *state, bool retry)
+{
+	static char buf[1000 * 48];
+	for (uint64_t id = from; id < to;) {
+		uint64_t end = id + 1000 < to ? id + 1000 : to;
+		size_t len = 0;
+		for (uint64_t i = id; i < end; i++)
+			len += (size_t)snprintf(buf + len, sizeof(buf) - len,
+						"TRANSFER %lu 1 2 1\n", (unsigned long)i);
+		ck_assert_int_eq(send(fd, buf, len, MSG_NOSIGNAL), (ssize_t)len);
+		for (uint64_t i = id; i < end; i++) {
+			char r[256], want[64];
+			ck_assert_msg(dh_read_line(fd, r, sizeof(r)), "no reply to %lu",
+				      (unsigned long)i);
+			char *st = &state[i - FAULT_ID0];
+			snprintf(want, sizeof(want), "OK %lu ", (unsigned long)i);
+			bool ok = !strncmp(r, want, strlen(want));
+			bool dup = ok && strstr(r, " dup") != NULL;
+			if (retry) {
+				ck_assert_msg(ok, "retry of %lu: %s", (unsigned long)i, r);
+				/* Answered OK before: it must be there, once. */
+				ck_assert_msg(*st != 1 || dup,
+					      "answered transfer %lu lost: %s",
+					      (unsigned long)i, r);
+				continue;
+			}
+			snprintf(want, sizeof(want), "ERR %lu unavailable", (unsigned long)i);
+			ck_assert_msg(ok || !strcmp(r, want) || strstr(r, "no_such_account"),
+				      "transfer %lu: %s", (unsigned long)i, r);
+			ck_assert_msg(!dup, "a first send answered dup: %s", r);
+			*st = ok ? 1 : 2;
+		}
+		id = end;
+	}
+}
+
+/* Poll until doved answers on its admin socket (true) or exits (false). */
+static bool
+started_or_exited(pid_t pid, int *status)
+{
+	for (int i = 0; i < 400; i++) {
+		if (waitpid(pid, status, WNOHANG) == pid)
+			return false;
+		int fd = dh_connect(h.sock);
+		if (fd >= 0) {
+			close(fd);
+			return true;
+		}
+		usleep(25000);
+	}
+	ck_abort_msg("doved neither started nor exited in 10 s");
+	return false;
+}
+
+START_TEST(storage_faults_lose_and_double_nothing)
+{
+	const char *spec = fault_specs[_i];
+	dh_write_config(&h, "[wal]\nsegment_mb = 1\nmax_epoch_kb = 16\n"
+			    "[settle]\naccounts_max = 64\ndedup_window = 65536\n");
+	static char state[FAULT_IDS];
+	memset(state, 0, sizeof(state));
+	setenv("DOVE_FAULT", spec, 1);
+	const char *args[] = { "doved", "-c", h.cfg, NULL };
+	h.pid = dh_spawn(&h, args, h.log);
+	unsetenv("DOVE_FAULT");
+	int wst;
+	char r[8192];
+	if (!started_or_exited(h.pid, &wst)) {
+		/* A fault during recovery: refused with the reason, logged. */
+		h.pid = 0;
+		ck_assert_msg(WIFEXITED(wst) && WEXITSTATUS(wst) != 0,
+			      "%s: doved exited %d at start", spec, wst);
+		dh_read_file(h.log, r, sizeof(r));
+		ck_assert_msg(strstr(r, "fault injection:") && strstr(r, "ERROR"),
+			      "%s: start failed without saying why: %s", spec, r);
+	} else {
+		int fd = dh_ingress(&h);
+		bool accounts = ensure_accounts(fd);
+		for (int round = 0; round < 4; round++) {
+			uint64_t from = FAULT_ID0 + (uint64_t)round * (FAULT_IDS / 4);
+			fault_round(fd, from, from + FAULT_IDS / 4, state, false);
+			dh_admin(&h, "snapshot", r, sizeof(r));
+		}
+		close(fd);
+		dh_admin(&h, "status", r, sizeof(r));
+		bool poisoned = strstr(r, "\"accepting_writes\":false") != NULL;
+		char log[65536];
+		dh_read_file(h.log, log, sizeof(log));
+		bool hit = strstr(log, "fault injection:") != NULL;
+		/* A failed sync (of an epoch, a header, a seal, the directory
+		 * after a roll) must poison; the status names it. */
+		bool must_poison = hit && accounts &&
+				   (strstr(spec, "wal.sync") || strstr(spec, "wal.segsync") ||
+				    strstr(spec, "wal.dirsync:3") ||
+				    strstr(spec, "wal.segwrite:4:EIO"));
+		ck_assert_msg(poisoned || !must_poison, "%s: not poisoned: %s", spec, r);
+		if (poisoned) {
+			ck_assert_msg(strstr(r, "\"error\":\"") &&
+				      strstr(r, "poisoned"), "%s: %s", spec, r);
+			/* ...and nothing more is accepted. */
+			expect_reply("TRANSFER 999 1 2 1",
+				     accounts ? "ERR 999 unavailable"
+					      : "ERR 999 no_such_account");
+		}
+		kill(h.pid, SIGKILL);
+		ck_assert_int_ne(dh_wait(h.pid, 5000), -1);
+		h.pid = 0;
+	}
+	/* Start without the fault: what was answered is there, once. */
+	dh_start(&h);
+	int fd = dh_ingress(&h);
+	ck_assert_msg(ensure_accounts(fd), "%s: accounts after restart", spec);
+	fault_round(fd, FAULT_ID0, FAULT_ID0 + FAULT_IDS, state, true);
+	ck_assert(dh_cmd_fd(fd, "BALANCE 2", r, sizeof(r)));
+	char want[64];
+	snprintf(want, sizeof(want), "BAL 2 %d 0 ", FAULT_IDS);
+	ck_assert_msg(!strncmp(r, want, strlen(want)), "%s: %s", spec, r);
+	close(fd);
+	dh_admin(&h, "verify", r, sizeof(r));
+	ck_assert_msg(strstr(r, "\"ok\":true"), "%s: %s", spec, r);
+}
+END_TEST
+
 static Suite *
 reliability_suite(void)
 {
@@ -575,6 +760,9 @@ reliability_suite(void)
 	tcase_add_test(tc, lost_newest_segment_refuses_start);
 	tcase_add_test(tc, lost_only_segment_refuses_start);
 	tcase_add_test(tc, damaged_last_epoch_refuses_start);
+	tc = dh_tcase(s, "faults", setup, teardown, 120);
+	tcase_add_loop_test(tc, storage_faults_lose_and_double_nothing, 0,
+			    (int)(sizeof(fault_specs) / sizeof(fault_specs[0])));
 	return s;
 }
 
