@@ -536,6 +536,11 @@ parse_value(server_config *cfg, size_t i, const char *v, const char *dir)
 	const struct server_config_key *k = &keys[i];
 	int64_t x;
 
+	/* "key =;x" sets ";x", but written back as "key = ;x" it reads as
+	 * an empty value and a comment (found by tests/fuzz/fuzz_config):
+	 * refuse what cannot be written back. */
+	if (v[0] == ';')
+		return false;
 	switch (k->type) {
 	case SERVER_CFG_INT:
 		if (!parse_i64(v, 10, &x) || x < k->min || x > k->max)

@@ -219,6 +219,10 @@ START_TEST(nul_byte_and_overlong_resolved_path_are_refused)
 	ck_assert_int_eq(rc, -DOVE_ECONFIG);
 	ck_assert_msg(strstr(err, "[wal] dir: the value is") &&
 		      strstr(err, "use a shorter path"), "%s", err);
+	/* A value that starts with ';' would be written back as a comment. */
+	rc = load_text("[mariadb]\ndatabase =;dove\n", &cfg, err, sizeof(err));
+	ck_assert_int_eq(rc, -DOVE_ECONFIG);
+	ck_assert_msg(strstr(err, "[mariadb] database = ';dove': invalid value"), "%s", err);
 	/* ...while the same name as an absolute path of that length loads,
 	 * and its write-back loads again. */
 	snprintf(text, sizeof(text), "[wal]\ndir = /%s\n", name + 10);
