@@ -40,35 +40,40 @@ admin_verb_name(enum admin_verb v)
 	return verbs[v].name;
 }
 
-/* A decimal id > 0 ending the string or followed by blanks; *rest (if
- * asked) points past those blanks. No sign, no leading blank, no
- * overflow. */
-static bool
-parse_id(const char *s, uint64_t *id, const char **rest)
+/* A decimal id > 0 (no sign, no leading blank, no overflow) that ends
+ * the string or is followed by blanks; where it ends, or NULL. */
+static const char *
+parse_id(const char *s, uint64_t *id)
 {
 	if (*s < '0' || *s > '9')
-		return false;
+		return NULL;
 	char *end;
 	errno = 0;
 	unsigned long long v = strtoull(s, &end, 10);
 	if (errno != 0 || v == 0 || (*end != '\0' && *end != ' '))
-		return false;
+		return NULL;
 	*id = v;
-	if (rest)
-		*rest = end + strspn(end, " ");
-	return true;
+	return end;
+}
+
+/* An id and nothing after it but blanks. */
+static bool
+id_only(const char *s, uint64_t *id)
+{
+	const char *end = parse_id(s, id);
+	return end && end[strspn(end, " ")] == '\0';
 }
 
 /* The argument of each verb that takes one; false with the message. */
 static bool
 parse_arg(struct admin_cmd *cmd, const char *arg, const char **why)
 {
-	const char *rest;
+	const char *end;
 	switch (cmd->verb) {
 	case ADMIN_ACCOUNT:
 		*why = "account needs an account id (a number > 0)";
-		return parse_id(arg, &cmd->id, &rest) && *rest == '\0' &&
-		       arg[strlen(arg) - 1] != ' ';
+		end = parse_id(arg, &cmd->id);
+		return end && *end == '\0';
 	case ADMIN_PEAK:
 		*why = "peak takes on, off or auto";
 		cmd->op = !*arg ? ADMIN_PEAK_SHOW
@@ -84,12 +89,11 @@ parse_arg(struct admin_cmd *cmd, const char *arg, const char **why)
 		}
 		cmd->op = !strncmp(arg, "add ", 4) ? ADMIN_HOT_ADD
 			: !strncmp(arg, "del ", 4) ? ADMIN_HOT_DEL : -1;
-		return cmd->op >= 0 && parse_id(arg + 4, &cmd->id, &rest) &&
-		       *rest == '\0';
+		return cmd->op >= 0 && id_only(arg + 4, &cmd->id);
 	case ADMIN_MERGE:
 		*why = "merge takes nothing (every buffer) or an account id";
 		cmd->id = 0;
-		return !*arg || parse_id(arg, &cmd->id, NULL);
+		return !*arg || id_only(arg, &cmd->id);
 	case ADMIN_STORE:
 		*why = "store takes nothing, failback or verify";
 		cmd->op = !*arg ? ADMIN_STORE_SHOW
@@ -99,17 +103,18 @@ parse_arg(struct admin_cmd *cmd, const char *arg, const char **why)
 	case ADMIN_HISTORY: {
 		*why = "history needs an account id, then optionally --limit N";
 		cmd->limit = 20;
-		if (!parse_id(arg, &cmd->id, &rest))
+		if ((end = parse_id(arg, &cmd->id)) == NULL)
 			return false;
+		const char *rest = end + strspn(end, " ");
 		if (!*rest)
 			return true;
 		*why = "history ID [--limit N], N in 1..1000";
 		if (strncmp(rest, "--limit ", 8) || rest[8] < '0' || rest[8] > '9')
 			return false;
-		char *end;
+		char *nend;
 		errno = 0;
-		unsigned long n = strtoul(rest + 8, &end, 10);
-		if (errno != 0 || n == 0 || n > 1000 || *end != '\0')
+		unsigned long n = strtoul(rest + 8, &nend, 10);
+		if (errno != 0 || n == 0 || n > 1000 || *nend != '\0')
 			return false;
 		cmd->limit = (uint32_t)n;
 		return true;
@@ -133,19 +138,18 @@ admin_parse(char *line, size_t len, struct admin_cmd *cmd, char *err,
 		snprintf(err, errlen, "command contains a NUL byte");
 		return false;
 	}
-	char *l = line;
-	l[len] = '\0';
+	line[len] = '\0';
 
 	/* Split "verb arg". */
-	size_t vl = strcspn(l, " \t");
-	const char *rest = l + vl + strspn(l + vl, " \t");
+	size_t vl = strcspn(line, " \t");
+	const char *rest = line + vl + strspn(line + vl, " \t");
 	if (vl == 0) {
 		snprintf(err, errlen, "%s", len == 0 ? "empty command"
 			 : "command must not start with a blank");
 		return false;
 	}
 	for (int v = 0; v < ADMIN_NVERBS; v++) {
-		if (strlen(verbs[v].name) != vl || memcmp(verbs[v].name, l, vl))
+		if (strlen(verbs[v].name) != vl || memcmp(verbs[v].name, line, vl))
 			continue;
 		cmd->verb = (enum admin_verb)v;
 		if (verbs[v].takes_arg != ARG_MAYBE &&
@@ -167,6 +171,6 @@ admin_parse(char *line, size_t len, struct admin_cmd *cmd, char *err,
 		 "shutdown, stats, account ID, verify, snapshot, peak "
 		 "[on|off|auto], hot [add|del ID], merge [ID], history ID "
 		 "[--limit N], store [failback|verify])",
-		 (int)(vl > 64 ? 64 : vl), l);
+		 (int)(vl > 64 ? 64 : vl), line);
 	return false;
 }

@@ -12,10 +12,6 @@
 
 #include <errno.h>
 #include <ini.h>
-
-/* The longest line inih reads: its buffer holds the line, its newline
- * and a NUL. */
-#define CONFIG_LINE_MAX (INI_MAX_LINE - 2)
 #include <inttypes.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -26,6 +22,10 @@
 #include <urcu/urcu-memb.h>
 
 #include "dove.h"
+
+/* The longest line inih reads: its buffer holds the line, its newline
+ * and a NUL. */
+#define CONFIG_LINE_MAX (INI_MAX_LINE - 2)
 
 static const char *const log_levels[] = { "error", "warn", "info", "debug",
 					  NULL };

@@ -45,11 +45,19 @@ struct fault {
 	uint64_t nth;   /* 1-based */
 	bool onwards;   /* the nth and every later call */
 	int err;        /* errno, or 0: a short write */
+	bool half;      /* write half, then fail with err */
 };
 
 static struct fault faults[FAULTS_MAX];
 static int nfaults;
 static _Atomic uint64_t calls[STORE_IO_NOPS];
+
+static bool
+is_write(enum store_io_op op)
+{
+	return op == STORE_IO_WAL_WRITE || op == STORE_IO_WAL_SEG_WRITE ||
+	       op == STORE_IO_SNAP_WRITE;
+}
 
 int
 store_fault_configure(const char *spec, char *err, size_t errlen)
@@ -83,10 +91,10 @@ store_fault_configure(const char *spec, char *err, size_t errlen)
 			f.err = EIO;
 		else if (!strcmp(e, "ENOSPC"))
 			f.err = ENOSPC;
-		else if (!strcmp(e, "short") &&
-			 (f.op == STORE_IO_WAL_WRITE || f.op == STORE_IO_WAL_SEG_WRITE ||
-			  f.op == STORE_IO_SNAP_WRITE))
+		else if (is_write(f.op) && !strcmp(e, "short"))
 			f.err = 0;
+		else if (is_write(f.op) && !strcmp(e, "half"))
+			f.err = EIO, f.half = true;
 		else
 			goto bad;
 		faults[nfaults++] = f;
@@ -99,80 +107,76 @@ bad:
 		 "wal.write wal.sync wal.segwrite wal.segsync wal.rename "
 		 "wal.dirsync wal.fallocate "
 		 "snap.write snap.sync snap.rename snap.dirsync, ERR EIO, "
-		 "ENOSPC or (writes) short",
+		 "ENOSPC or (writes) short or half",
 		 spec);
 	return -EINVAL;
 }
 
-/* Count a call of op; true with *err set when it is to fail (err 0: a
- * short write). */
-static bool
-fault_hit(enum store_io_op op, int *err)
+/* Count a call of op; the fault that makes it fail, or NULL. */
+static const struct fault *
+fault_hit(enum store_io_op op)
 {
 	uint64_t n = atomic_fetch_add_explicit(&calls[op], 1,
 					       memory_order_relaxed) + 1;
 	for (int i = 0; i < nfaults; i++) {
 		const struct fault *f = &faults[i];
 		if (f->op == op && (n == f->nth || (f->onwards && n > f->nth))) {
-			*err = f->err;
-			DOVE_WARN("fault injection: %s call %" PRIu64 " fails (%s)",
-				  op_names[op], n, f->err ? dove_strerror(-f->err)
-							  : "short write");
-			return true;
+			DOVE_WARN("fault injection: %s call %" PRIu64 " fails (%s%s)",
+				  op_names[op], n, f->half ? "half written, " : "",
+				  f->err ? dove_strerror(-f->err) : "short write");
+			return f;
 		}
 	}
-	return false;
+	return NULL;
 }
 
-uint64_t
-store_io_calls(enum store_io_op op)
+/* The error of a failing call that does no I/O: errno set, -1. */
+static int
+fail(const struct fault *f)
 {
-	return atomic_load(&calls[op]);
+	errno = f->err;
+	return -1;
 }
 
 ssize_t
 store_io_pwrite(enum store_io_op op, int fd, const void *buf, size_t n,
 		off_t off)
 {
-	int err;
-	if (fault_hit(op, &err)) {
-		if (err != 0 || n < 2) {
-			errno = err ? err : EIO;
-			return -1;
-		}
-		n /= 2; /* short: half of it is written */
-	}
-	return off < 0 ? write(fd, buf, n) : pwrite(fd, buf, n, off);
+	const struct fault *f = fault_hit(op);
+	if (f != NULL && f->err != 0 && !f->half)
+		return fail(f);
+	if (f != NULL)
+		n /= 2; /* short, or half and then the device fails */
+	ssize_t r = off < 0 ? write(fd, buf, n) : pwrite(fd, buf, n, off);
+	if (f != NULL && f->half && r >= 0)
+		return fail(f);
+	return r; /* a short write of 1 byte writes 0: callers call that EIO */
 }
 
 int
 store_io_sync(enum store_io_op op, int fd, bool data_only)
 {
-	int err;
-	if (fault_hit(op, &err)) {
-		errno = err;
-		return -1;
-	}
+	const struct fault *f = fault_hit(op);
+	if (f != NULL)
+		return fail(f);
 	return data_only ? fdatasync(fd) : fsync(fd);
 }
 
 int
 store_io_rename(enum store_io_op op, const char *from, const char *to)
 {
-	int err;
-	if (fault_hit(op, &err)) {
-		errno = err;
-		return -1;
-	}
+	const struct fault *f = fault_hit(op);
+	if (f != NULL)
+		return fail(f);
 	return rename(from, to);
 }
 
 int
 store_io_fsync_dir(enum store_io_op op, const char *dir)
 {
-	int err;
-	if (fault_hit(op, &err))
-		return -err;
+	const struct fault *f = fault_hit(op);
+	if (f != NULL)
+		return -f->err;
 	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
@@ -184,10 +188,8 @@ store_io_fsync_dir(enum store_io_op op, const char *dir)
 int
 store_io_fallocate(int fd, off_t len)
 {
-	int err;
-	if (fault_hit(STORE_IO_WAL_FALLOCATE, &err)) {
-		errno = err;
-		return -1;
-	}
+	const struct fault *f = fault_hit(STORE_IO_WAL_FALLOCATE);
+	if (f != NULL)
+		return fail(f);
 	return fallocate(fd, 0, 0, len);
 }

@@ -831,14 +831,6 @@ verify(store_projection *p)
 				" + SUM(credits_buffered) FROM account_balances",
 			     &sums_ok, NULL) == 0;
 	mysql_commit(p->db);
-	unsigned e = mysql_errno(p->db);
-	if (!ok && (e == CR_SERVER_GONE_ERROR || e == CR_SERVER_LOST)) {
-		/* The connection died under the comparison (a restarted
-		 * server): that is no answer. The request stays asked and
-		 * runs again once connected (found by tools/chaos). */
-		fail_host(p, "verify");
-		return;
-	}
 	pthread_mutex_lock(&p->mu);
 	struct store_projection_verify *v = &p->st.verify;
 	v->done = atomic_load(&p->verify_asked);
@@ -846,8 +838,11 @@ verify(store_projection *p)
 	v->ran = ok;
 	v->account_rows = rows;
 	v->ledger_accounts = in_ledger;
-	v->differences = diffs + (rows != in_ledger) +
-			 (seen_transfers != counted) + (rows > 0 && !sums_ok);
+	/* A comparison that could not run found no difference: it says
+	 * so (ran false, the error) and the operator asks again. */
+	v->differences = !ok ? 0
+			     : diffs + (rows != in_ledger) + (seen_transfers != counted) +
+				       (rows > 0 && !sums_ok);
 	v->transfer_rows = seen_transfers;
 	v->transfers_logged = counted;
 	v->ok = ok && v->differences == 0;
@@ -859,6 +854,9 @@ verify(store_projection *p)
 		 : rows > 0 && !sums_ok ? "SUM(debits) != SUM(credits) + SUM(buffered)"
 					 : "");
 	pthread_mutex_unlock(&p->mu);
+	unsigned e = mysql_errno(p->db);
+	if (!ok && (e == CR_SERVER_GONE_ERROR || e == CR_SERVER_LOST))
+		fail_host(p, "verify"); /* the next write reconnects first */
 }
 
 /* ---- the thread ------------------------------------------------------------------------ */

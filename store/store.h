@@ -37,9 +37,11 @@ store_dir_create_parent(const char *path, mode_t mode, char *err,
  * (an epoch's pwrite and fdatasync), wal.segwrite and wal.segsync (the
  * anchor, segment headers, seals, zeroing a torn tail), wal.rename,
  * wal.dirsync (directory fsync), wal.fallocate (the next segment),
- * snap.write, snap.sync (fsync), snap.rename, snap.dirsync. ERR: EIO, ENOSPC, or
- * for writes "short" (half the bytes are written). NULL or "" turns it
- * off. Resets the call counters. doved reads it from DOVE_FAULT at start.
+ * snap.write, snap.sync (fsync), snap.rename, snap.dirsync. ERR: EIO,
+ * ENOSPC, or for writes "short" (half the bytes are written and the call
+ * returns that) or "half" (half are written, then EIO). NULL or "" turns
+ * it off. Resets the call counters. doved reads it from DOVE_FAULT at
+ * start; in-process tests call it directly.
  * Returns 0 or -EINVAL (message in err).
  */
 int store_fault_configure(const char *spec, char *err, size_t errlen);
@@ -60,14 +62,6 @@ int store_fault_configure(const char *spec, char *err, size_t errlen);
  */
 typedef struct store_wal store_wal;
 
-/* I/O entry points, replaceable for fault-injection tests. NULL = the
- * real system call. Each returns like the system call (-1 and errno). */
-struct store_wal_io {
-	ssize_t (*pwrite)(int fd, const void *buf, size_t n, off_t off);
-	int (*fdatasync)(int fd);
-	int (*fallocate)(int fd, int mode, off_t off, off_t len);
-};
-
 struct store_wal_config {
 	const char *dir;
 	uint64_t segment_bytes;   /* file size; >= max_epoch_bytes + 112 */
@@ -76,7 +70,6 @@ struct store_wal_config {
 	uint32_t max_delay_us;    /* wait this long for more records before
 				     sealing an epoch; 0 = never wait */
 	bool fsync;               /* false: benchmarks only, logs a warning */
-	const struct store_wal_io *io;
 };
 
 /* One record to append, or one read back (data then points into the

@@ -82,6 +82,37 @@ _Static_assert(sizeof(struct wal_record_header) == 8, "record header");
 
 #define WAL_ALIGN(n) (((n) + 7u) & ~(size_t)7u)
 
+/* ---- snapshot file format (docs/snapshot-format.md) ------------------------ */
+
+#define SNAP_MAGIC 0x31504e5345564f44ull /* "DOVESNP1" */
+#define SNAP_TRAILER_MAGIC 0x444e455045564f44ull /* "DOVEPEND" */
+
+struct snap_header {
+	uint64_t magic;
+	uint32_t version;
+	uint32_t header_bytes;
+	uint64_t epoch;
+	uint64_t next_lsn;
+	uint64_t accounts;
+	uint64_t ids;
+	uint64_t created_ns;
+	uint32_t account_bytes; /* sizeof(struct settle_account) */
+	uint32_t id_bytes;      /* sizeof(struct settle_seq_id) */
+	/* Version 2 on (version 1 ends above, 64 bytes): */
+	uint64_t extra_bytes; /* the caller's section after the ids */
+	uint64_t reserved;    /* 0 */
+};
+_Static_assert(sizeof(struct snap_header) == 80, "snapshot header");
+#define SNAP_V1_HEADER 64u
+
+struct snap_trailer {
+	uint32_t crc; /* CRC-32C of the body, continued over the header */
+	uint32_t pad;
+	uint64_t magic;
+};
+_Static_assert(sizeof(struct snap_trailer) == 16, "snapshot trailer");
+
+
 /* ---- durable I/O and the fault switch (io.c) ------------------------------ */
 
 #include <sys/types.h>
@@ -112,7 +143,5 @@ int store_io_sync(enum store_io_op op, int fd, bool data_only);
 int store_io_rename(enum store_io_op op, const char *from, const char *to);
 int store_io_fsync_dir(enum store_io_op op, const char *dir);
 int store_io_fallocate(int fd, off_t len);
-/* Calls of op so far (tests). */
-uint64_t store_io_calls(enum store_io_op op);
 
 #endif

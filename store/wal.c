@@ -756,7 +756,6 @@ struct outcome {
 struct store_wal {
 	struct store_wal_config cfg;
 	char dir[WAL_DIR_MAX];
-	struct store_wal_io io;
 
 	pthread_mutex_t mu;
 	pthread_cond_t has_data; /* committer waits for records */
@@ -784,13 +783,12 @@ struct store_wal {
 };
 
 static int
-io_pwrite_all(store_wal *w, enum store_io_op op, int fd, const void *buf,
+io_pwrite_all(enum store_io_op op, int fd, const void *buf,
 	      size_t n, off_t off)
 {
 	const unsigned char *p = buf;
 	while (n > 0) {
-		ssize_t r = w->io.pwrite ? w->io.pwrite(fd, p, n, off)
-					 : store_io_pwrite(op, fd, p, n, off);
+		ssize_t r = store_io_pwrite(op, fd, p, n, off);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
@@ -809,9 +807,7 @@ io_sync(store_wal *w, enum store_io_op op, int fd)
 {
 	if (!w->cfg.fsync)
 		return 0;
-	int r = w->io.fdatasync ? w->io.fdatasync(fd)
-				: store_io_sync(op, fd, true);
-	return r < 0 ? -errno : 0;
+	return store_io_sync(op, fd, true) < 0 ? -errno : 0;
 }
 
 /*
@@ -865,8 +861,7 @@ prepare_next(store_wal *w)
 	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
 	if (fd < 0)
 		return -errno;
-	if ((w->io.fallocate ? w->io.fallocate(fd, 0, 0, (off_t)w->cfg.segment_bytes)
-			     : store_io_fallocate(fd, (off_t)w->cfg.segment_bytes)) < 0) {
+	if (store_io_fallocate(fd, (off_t)w->cfg.segment_bytes) < 0) {
 		int rc = -errno;
 		close(fd);
 		unlink(path);
@@ -893,7 +888,7 @@ roll_segment(store_wal *w)
 		.created_ns = dove_clock_ns(CLOCK_REALTIME),
 	};
 	sh.crc = store_crc32c(0, &sh, sizeof(sh));
-	rc = io_pwrite_all(w, STORE_IO_WAL_SEG_WRITE, w->next_fd, &sh, sizeof(sh), 0);
+	rc = io_pwrite_all(STORE_IO_WAL_SEG_WRITE, w->next_fd, &sh, sizeof(sh), 0);
 	if (rc != 0)
 		return rc;
 	if ((rc = io_sync(w, STORE_IO_WAL_SEG_SYNC, w->next_fd)) != 0)
@@ -933,7 +928,7 @@ roll_segment(store_wal *w)
 	};
 	seal.crc = seal_crc(&seal);
 	DOVE_ASSERT(old_off + sizeof(seal) <= w->cfg.segment_bytes);
-	rc = io_pwrite_all(w, STORE_IO_WAL_SEG_WRITE, old_fd, &seal, sizeof(seal), (off_t)old_off);
+	rc = io_pwrite_all(STORE_IO_WAL_SEG_WRITE, old_fd, &seal, sizeof(seal), (off_t)old_off);
 	if (rc == 0)
 		rc = io_sync(w, STORE_IO_WAL_SEG_SYNC, old_fd);
 	/* The new segment is already the current one: without its seal a
@@ -964,7 +959,7 @@ write_anchor(store_wal *w, uint64_t first_epoch)
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
 	if (fd < 0)
 		return -errno;
-	int rc = io_pwrite_all(w, STORE_IO_WAL_SEG_WRITE, fd, &a, sizeof(a), 0);
+	int rc = io_pwrite_all(STORE_IO_WAL_SEG_WRITE, fd, &a, sizeof(a), 0);
 	if (rc == 0)
 		rc = io_sync(w, STORE_IO_WAL_SEG_SYNC, fd);
 	close(fd);
@@ -1007,7 +1002,7 @@ commit(store_wal *w, struct buf *b, uint64_t *epoch, uint64_t *first_lsn)
 	struct wal_epoch_header check;
 	DOVE_ASSERT_DEBUG(epoch_valid(b->data, b->len, 0, &check, &why));
 
-	int rc = io_pwrite_all(w, STORE_IO_WAL_WRITE, w->fd, b->data, b->len, (off_t)w->seg_off);
+	int rc = io_pwrite_all(STORE_IO_WAL_WRITE, w->fd, b->data, b->len, (off_t)w->seg_off);
 	if (rc != 0)
 		return rc; /* not durable; offset and numbers are reused */
 	rc = io_sync(w, STORE_IO_WAL_SYNC, w->fd);
@@ -1252,7 +1247,7 @@ zero_tail(store_wal *w, const char *path, uint64_t off)
 		size_t n = (uint64_t)st.st_size - p < sizeof(zeros)
 				   ? (size_t)((uint64_t)st.st_size - p)
 				   : sizeof(zeros);
-		rc = io_pwrite_all(w, STORE_IO_WAL_SEG_WRITE, fd, zeros, n, (off_t)p);
+		rc = io_pwrite_all(STORE_IO_WAL_SEG_WRITE, fd, zeros, n, (off_t)p);
 		p += n;
 	}
 	if (rc == 0)
@@ -1326,10 +1321,6 @@ store_wal_open(const struct store_wal_config *cfg, store_wal **out,
 	w->cfg = *cfg;
 	snprintf(w->dir, sizeof(w->dir), "%s", cfg->dir);
 	w->cfg.dir = w->dir;
-	/* NULL: through io.c (the fault switch); else the test's hooks. */
-	w->io.pwrite = cfg->io ? cfg->io->pwrite : NULL;
-	w->io.fdatasync = cfg->io ? cfg->io->fdatasync : NULL;
-	w->io.fallocate = cfg->io ? cfg->io->fallocate : NULL;
 	pthread_mutex_init(&w->mu, NULL);
 	pthread_cond_init(&w->has_data, NULL);
 	pthread_cond_init(&w->has_room, NULL);
@@ -1382,8 +1373,6 @@ store_wal_open(const struct store_wal_config *cfg, store_wal **out,
 			goto out_free;
 		}
 	}
-	/* Before the first segment of a new log is made (and for a log
-	 * from before anchors, now). */
 	if (w->nsegs > 0) {
 		w->fd = open(scan.end_file, O_RDWR | O_CLOEXEC);
 		if (w->fd < 0) {

@@ -290,6 +290,9 @@ START_TEST(admin_peak_hot_merge)
 		{ "history x", "\"error\"" },
 		{ "history 2 --limit 0", "\"error\"" },
 		{ "merge 1", "not a hot account" },
+		/* trailing words are refused, not ignored (was: merge 2) */
+		{ "merge 2 junk", "merge takes nothing (every buffer) or an account id" },
+		{ "hot add 2 x", "hot takes nothing" },
 	};
 	for (unsigned i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		dh_admin(&h, cases[i].cmd, r, sizeof(r));

@@ -614,8 +614,9 @@ ensure_accounts(int fd)
 	return true;
 }
 
-/* Pipeline TRANSFER id 1 2 1 for ids [from, to) in rounds of 1000;
- * state[id - FAULT_ID0]: 1 answered OK (dup if want_dup), 2 refused. */
+/* Pipeline TRANSFER id 1 2 1 for ids [from, to) in rounds of 1000 and
+ * record state[id - FAULT_ID0]: 1 answered OK, 2 refused. retry: every
+ * reply must be OK, and dup for what was answered OK before. */
 static void
 fault_round(int fd, uint64_t from, uint64_t to, char *state, bool retry)
 {

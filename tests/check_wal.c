@@ -11,7 +11,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -614,57 +613,25 @@ END_TEST
 
 /* ---- injected faults ------------------------------------------------------ */
 
-static _Atomic int fail_pwrite_at = -1; /* countdown; -1: never */
-static _Atomic int fail_sync_at = -1;
-static _Atomic bool disk_full;
-
-static ssize_t
-faulty_pwrite(int fd, const void *buf, size_t n, off_t off)
+/* The storage layer's own fault switch (store/io.c), as doved's
+ * DOVE_FAULT sets it; counted from the moment it is set. */
+static void
+fault(const char *spec)
 {
-	if (atomic_fetch_sub(&fail_pwrite_at, 1) == 0) {
-		/* Half of it reaches the file, then the device fails. */
-		ssize_t r = pwrite(fd, buf, n / 2, off);
-		(void)r;
-		errno = EIO;
-		return -1;
-	}
-	return pwrite(fd, buf, n, off);
+	char err[512];
+	ck_assert_msg(store_fault_configure(spec, err, sizeof(err)) == 0, "%s", err);
 }
-
-static int
-faulty_fdatasync(int fd)
-{
-	if (atomic_fetch_sub(&fail_sync_at, 1) == 0) {
-		errno = EIO;
-		return -1;
-	}
-	return fdatasync(fd);
-}
-
-static int
-faulty_fallocate(int fd, int mode, off_t off, off_t len)
-{
-	if (atomic_load(&disk_full)) {
-		errno = ENOSPC;
-		return -1;
-	}
-	return fallocate(fd, mode, off, len);
-}
-
-static const struct store_wal_io faulty_io = { faulty_pwrite, faulty_fdatasync,
-					       faulty_fallocate };
 
 /* Fail the Nth write, for N over the first epochs: that batch fails,
  * every other is durable, and the log stays contiguous. */
 START_TEST(failed_write_loses_only_that_batch)
 {
-	int nth = _i;
-	atomic_store(&fail_pwrite_at, -1);
-	atomic_store(&fail_sync_at, -1);
 	struct store_wal_config cfg = small_cfg();
-	cfg.io = &faulty_io;
 	store_wal *w = wal_open_ok(&cfg, NULL);
-	atomic_store(&fail_pwrite_at, nth);
+	/* Half of the epoch reaches the file, then the device fails. */
+	char spec[64];
+	snprintf(spec, sizeof(spec), "wal.write:%d:half", _i + 1);
+	fault(spec);
 	static uint64_t map[100];
 	uint64_t next_epoch = 1;
 	int failures = 0;
@@ -682,7 +649,7 @@ START_TEST(failed_write_loses_only_that_batch)
 	}
 	ck_assert_int_eq(failures, 1);
 	store_wal_close(w);
-	atomic_store(&fail_pwrite_at, -1);
+	fault(NULL);
 	struct store_wal_scan scan;
 	w = wal_open_ok(&cfg, &scan);
 	store_wal_close(w);
@@ -695,12 +662,9 @@ END_TEST
 
 START_TEST(failed_fsync_poisons)
 {
-	atomic_store(&fail_pwrite_at, -1);
-	atomic_store(&fail_sync_at, -1);
 	struct store_wal_config cfg = small_cfg();
-	cfg.io = &faulty_io;
 	store_wal *w = wal_open_ok(&cfg, NULL);
-	atomic_store(&fail_sync_at, 3); /* the 4th sync: epoch 4 */
+	fault("wal.sync:4:EIO"); /* epoch 4's */
 	for (uint64_t k = 0; k < 3; k++)
 		ck_assert_uint_eq(append_batch(w, k, NULL), k + 1);
 	int rc;
@@ -711,7 +675,7 @@ START_TEST(failed_fsync_poisons)
 	struct store_wal_record r = { .type = 1, .len = 1, .data = "x" };
 	ck_assert_int_eq(store_wal_append(w, &r, 1, &b), -DOVE_EPOISONED);
 	store_wal_close(w);
-	atomic_store(&fail_sync_at, -1);
+	fault(NULL);
 	/* Recovery keeps the three acknowledged epochs. */
 	struct store_wal_scan scan;
 	w = wal_open_ok(&cfg, &scan);
@@ -722,16 +686,12 @@ END_TEST
 
 START_TEST(full_disk_then_space_returns)
 {
-	atomic_store(&fail_pwrite_at, -1);
-	atomic_store(&fail_sync_at, -1);
-	atomic_store(&disk_full, false);
 	struct store_wal_config cfg = small_cfg();
-	cfg.io = &faulty_io;
 	store_wal *w = wal_open_ok(&cfg, NULL);
 	static uint64_t map[1000];
 	uint64_t k = 0, acked = 0;
 	/* The disk fills: no new segment can be preallocated. */
-	atomic_store(&disk_full, true);
+	fault("wal.fallocate:1+:ENOSPC");
 	int rc = 0;
 	for (; k < 500; k++) {
 		uint64_t e = append_batch(w, k, &rc);
@@ -746,7 +706,7 @@ START_TEST(full_disk_then_space_returns)
 	append_batch(w, k, &rc);
 	ck_assert_int_eq(rc, -ENOSPC);
 	/* Space returns: appends resume where the log ended. */
-	atomic_store(&disk_full, false);
+	fault(NULL);
 	uint64_t e = append_batch(w, k, NULL);
 	ck_assert_uint_eq(e, acked + 1);
 	map[e] = k;

@@ -14,16 +14,13 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "dove.h"
 #include "fuzz.h"
 #include "store.h"
 #include "store_int.h"
-
-#define HEADER_V1 64u
-#define HEADER_V2 80u
-#define TRAILER 16u
 
 struct state {
 	settle_seq *q;
@@ -62,11 +59,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		memcpy(&version, b + 8, 4);
 		memcpy(&epoch, b + 16, 8);
 	}
-	size_t hb = version == 1 ? HEADER_V1 : HEADER_V2;
-	if ((data[0] & 1) && n >= hb + TRAILER) {
-		uint32_t crc = store_crc32c(0, b + hb, n - hb - TRAILER);
+	size_t hb = version == 1 ? SNAP_V1_HEADER : sizeof(struct snap_header);
+	const size_t tb = sizeof(struct snap_trailer);
+	if ((data[0] & 1) && n >= hb + tb) {
+		uint32_t crc = store_crc32c(0, b + hb, n - hb - tb);
 		crc = store_crc32c(crc, b, hb);
-		memcpy(b + n - TRAILER, &crc, 4);
+		memcpy(b + n - tb + offsetof(struct snap_trailer, crc), &crc, 4);
 	}
 	char path[512];
 	snprintf(path, sizeof(path), "%s/snap-%020" PRIu64 ".snap", dir, epoch);
